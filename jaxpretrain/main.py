@@ -1,0 +1,88 @@
+"""Entry point: `python -m jaxpretrain.main --config=configs/tiny_clm.py --workdir=DIR`.
+
+Modes: `train` (prepare data if missing, train, evaluate, print a sample; rerunning the same
+command resumes), `eval` (evaluate the latest checkpoint), `dry_run` (validate the config and
+build abstract shapes without allocating parameters: how the 7B config is checked on a laptop).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "dry_run"], "What to run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with one-sentence errors for config overrides that name no key."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as error:
+        missing = str(error).strip("\"'")
+        culprits = [arg for arg in argv if arg.startswith("--config.") and missing in arg]
+        where = culprits[0] if culprits else f"a --config.* override ({missing!r})"
+        sys.exit(
+            f"error: {where} names no config key; the keys and their meaning are listed in "
+            "jaxpretrain/config.py (default_config)."
+        )
+    except flags.Error as error:
+        sys.exit(f"error: {error}")
+
+
+def ensure_prepared_data(config, workdir: str) -> str:
+    """Runs the prepare step when the configured data directory has no finished manifest."""
+    from jaxpretrain import config as config_lib
+    from jaxpretrain.data import manifest as manifest_lib
+
+    data_dir = config_lib.data_dir(config, workdir)
+    if not manifest_lib.is_prepared(data_dir):
+        from jaxpretrain.curate import prepare
+
+        logging.info("no prepared data in %s: preparing from %r", data_dir, config.data.source)
+        prepare.prepare(
+            data_dir,
+            source=config.data.source,
+            vocab_size=config.data.vocab_size,
+            validation_fraction=config.data.validation_fraction,
+            seed=config.train.seed,
+            max_documents=config.data.max_documents,
+            num_shards=config.data.num_shards,
+        )
+    return data_dir
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE.")
+    import jax
+
+    from jaxpretrain import config as config_lib
+    from jaxpretrain import train
+
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    try:
+        config_lib.validate(config, jax.device_count(), jax.process_count())
+        if _MODE.value == "dry_run":
+            print(train.dry_run(config))
+            return
+        os.makedirs(workdir, exist_ok=True)
+        ensure_prepared_data(config, workdir)
+        if _MODE.value == "eval":
+            print(train.evaluate_checkpoint(config, workdir))
+            return
+        config_lib.write_config_json(config, workdir)
+        result = train.train_and_evaluate(config, workdir)
+    except (config_lib.ConfigError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    if jax.process_index() == 0:
+        print("sample:", repr(config.sample.prompt + train.sample_text(result, config.sample)))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,47 @@
+"""The optimizer: global-norm clipping + AdamW with warmup-cosine schedule and a decay mask."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warmup from 0 to `train.lr`, then cosine decay to `lr * min_lr_ratio` at the end."""
+    warmup_steps = min(train_cfg.warmup_steps, train_cfg.steps)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=train_cfg.lr,
+        warmup_steps=warmup_steps,
+        decay_steps=max(train_cfg.steps, warmup_steps + 1),
+        end_value=train_cfg.lr * train_cfg.min_lr_ratio,
+    )
+
+
+def decay_mask(params) -> object:
+    """True for matmul kernels only: norms' scales and the token embedding are not decayed."""
+
+    def is_kernel(path, _) -> bool:
+        last = path[-1]
+        return getattr(last, "key", getattr(last, "name", None)) == "kernel"
+
+    return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
+def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The optax chain used by the train step, built from `config.train`."""
+    chain = []
+    if train_cfg.grad_clip > 0:
+        chain.append(optax.clip_by_global_norm(train_cfg.grad_clip))
+    chain.append(
+        optax.adamw(
+            learning_rate_schedule(train_cfg),
+            b1=train_cfg.b1,
+            b2=train_cfg.b2,
+            eps=train_cfg.eps,
+            weight_decay=train_cfg.weight_decay,
+            mask=decay_mask,
+        )
+    )
+    return optax.chain(*chain)

@@ -1,0 +1,475 @@
+"""Sharded train state, the jitted train and eval steps, and the training loop.
+
+The state is a plain dict pytree `{step, params, opt_state, rng}` whose `params` is the model's
+NNX state as a pure dict: optax, Orbax and `jax.jit` shardings all work on it directly, and
+`nnx.merge(graphdef, params)` turns it back into a module inside the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from jaxpretrain import checkpoint, flops, monitor, objectives, optim, sample
+from jaxpretrain import config as config_lib
+from jaxpretrain import mesh as mesh_lib
+from jaxpretrain.data import device as data_device
+from jaxpretrain.data import manifest as manifest_lib
+from jaxpretrain.data import pipeline
+from jaxpretrain.model import ModelConfig, Transformer
+from jaxpretrain.tokenizer import Tokenizer
+
+TrainState = dict[
+    str, Any
+]  # {"step": int32[], "params": pure dict, "opt_state": ..., "rng": u32[2]}
+BATCH_KEYS = ("inputs", "targets", "loss_weights", "segment_ids", "positions", "bidirectional")
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
+    """The model's config with `model.vocab_size=-1` resolved to the tokenizer's vocabulary."""
+    if config.model.vocab_size == -1:
+        resolved = vocab_size
+    elif config.model.vocab_size < vocab_size:
+        raise config_lib.ConfigError(
+            f"config key model.vocab_size={config.model.vocab_size} is smaller than the "
+            f"tokenizer's vocabulary ({vocab_size}); use -1 or a value >= {vocab_size}."
+        )
+    else:
+        resolved = config.model.vocab_size
+    return ModelConfig.from_config(config.model, resolved)
+
+
+def _make_model(model_cfg: ModelConfig, rng: jax.Array) -> Transformer:
+    # Shardings come from jit's out_shardings below, not from a mesh context at construction.
+    with nnx.use_eager_sharding(False):
+        return Transformer(model_cfg, rngs=nnx.Rngs(params=rng))
+
+
+def abstract_model(model_cfg: ModelConfig) -> tuple[nnx.GraphDef, Any, Any]:
+    """(graphdef, abstract params, logical PartitionSpecs) without allocating any parameter."""
+    abstract = nnx.eval_shape(lambda: _make_model(model_cfg, jax.random.PRNGKey(0)))
+    graphdef, state = nnx.split(abstract)
+    logical_specs = nnx.to_pure_dict(nnx.get_partition_spec(state))
+    return graphdef, nnx.to_pure_dict(state), logical_specs
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """Everything needed to build, shard and step a train state for one model on one mesh."""
+
+    graphdef: nnx.GraphDef
+    abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
+    shardings: TrainState
+
+
+def state_layout(
+    model_cfg: ModelConfig,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    rules: mesh_lib.AxisRules,
+) -> StateLayout:
+    """Shapes and shardings of the full train state, computed abstractly (no memory used)."""
+    graphdef, abstract_params, logical_specs = abstract_model(model_cfg)
+    param_shardings = mesh_lib.shardings_for(logical_specs, abstract_params, mesh, rules)
+    abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
+    # Optimizer moments mirror the parameters; counters and other scalars are replicated.
+    opt_shardings = optax.tree_map_params(
+        tx,
+        lambda _, sharding: sharding,
+        abstract_opt_state,
+        param_shardings,
+        transform_non_params=lambda _: mesh_lib.replicated(mesh),
+        is_leaf=lambda x: isinstance(x, NamedSharding),
+    )
+    shardings = {
+        "step": mesh_lib.replicated(mesh),
+        "params": param_shardings,
+        "opt_state": opt_shardings,
+        "rng": mesh_lib.replicated(mesh),
+    }
+    abstract = {
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+        "params": abstract_params,
+        "opt_state": abstract_opt_state,
+        "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
+    }
+    abstract = jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        abstract,
+        shardings,
+    )
+    return StateLayout(graphdef, abstract, shardings)
+
+
+def init_state(
+    model_cfg: ModelConfig, tx: optax.GradientTransformation, layout: StateLayout, seed: int
+) -> TrainState:
+    """Initialises parameters directly in their shards (no host or single-device copy)."""
+
+    def init(rng: jax.Array) -> TrainState:
+        params_rng, state_rng = jax.random.split(rng)
+        params = nnx.to_pure_dict(nnx.state(_make_model(model_cfg, params_rng)))
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "opt_state": tx.init(params),
+            "rng": state_rng,
+        }
+
+    return jax.jit(init, out_shardings=layout.shardings)(jax.random.PRNGKey(seed))
+
+
+def _forward(graphdef: nnx.GraphDef, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
+    model = nnx.merge(graphdef, params)
+    return model(batch["inputs"], batch["segment_ids"], batch["positions"], batch["bidirectional"])
+
+
+def make_train_step(
+    layout: StateLayout,
+    objective: objectives.Objective,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    batch_sharding: NamedSharding,
+) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """A jitted (state, batch) -> (state, metrics) with explicit shardings; donates the state."""
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        def loss_fn(params):
+            logits_BLV = _forward(layout.graphdef, params, batch)
+            loss_sum, weight_sum = objective.loss(
+                logits_BLV, batch["targets"], batch["loss_weights"]
+            )
+            return loss_sum / jnp.maximum(weight_sum, 1.0)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new_state = {
+            "step": state["step"] + 1,
+            "params": optax.apply_updates(state["params"], updates),
+            "opt_state": opt_state,
+            "rng": state["rng"],
+        }
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": schedule(state["step"]),
+        }
+        return new_state, metrics
+
+    batch_shardings = {key: batch_sharding for key in BATCH_KEYS}
+    return jax.jit(
+        train_step,
+        in_shardings=(layout.shardings, batch_shardings),
+        out_shardings=(layout.shardings, mesh_lib.replicated(batch_sharding.mesh)),
+        donate_argnums=0,
+    )
+
+
+def make_eval_step(
+    layout: StateLayout, objective: objectives.Objective, batch_sharding: NamedSharding
+) -> Callable[..., dict[str, jax.Array]]:
+    """A jitted (params, batch, token_bytes_V) -> summed nll, weight and target bytes."""
+
+    def eval_step(params, batch, token_bytes_V):
+        logits_BLV = _forward(layout.graphdef, params, batch)
+        loss_sum, weight_sum = objective.loss(logits_BLV, batch["targets"], batch["loss_weights"])
+        bytes_sum = jnp.sum(token_bytes_V[batch["targets"]] * batch["loss_weights"])
+        return {"loss_sum": loss_sum, "weight_sum": weight_sum, "bytes_sum": bytes_sum}
+
+    replicated = mesh_lib.replicated(batch_sharding.mesh)
+    batch_shardings = {key: batch_sharding for key in BATCH_KEYS}
+    return jax.jit(
+        eval_step,
+        in_shardings=(layout.shardings["params"], batch_shardings, replicated),
+        out_shardings=replicated,
+    )
+
+
+def evaluate(
+    eval_step: Callable[..., dict[str, jax.Array]],
+    params: Any,
+    batches: Iterable[dict[str, np.ndarray]],
+    token_bytes_V: jax.Array,
+    batch_sharding: NamedSharding,
+) -> dict[str, float]:
+    """Validation loss (nats/token), perplexity and bits per byte over `batches`."""
+    totals = {"loss_sum": 0.0, "weight_sum": 0.0, "bytes_sum": 0.0}
+    for batch in batches:
+        sums = eval_step(params, data_device.to_global_arrays(batch, batch_sharding), token_bytes_V)
+        for key, value in jax.device_get(sums).items():
+            totals[key] += float(value)
+    if totals["weight_sum"] == 0:
+        raise ValueError("the validation split produced no target tokens; prepare more data.")
+    loss = totals["loss_sum"] / totals["weight_sum"]
+    return {
+        "eval/loss": loss,
+        "eval/perplexity": math.exp(min(loss, 700.0)),
+        "eval/bits_per_byte": totals["loss_sum"] / (math.log(2) * max(totals["bytes_sum"], 1.0)),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """The pieces a run is made of, resolved from a config and its prepared data."""
+
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    manifest: manifest_lib.Manifest
+    tokenizer: Tokenizer
+    model_config: ModelConfig
+    objective: objectives.Objective
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    layout: StateLayout
+    batch_sharding: NamedSharding
+    examples_fn: Callable[..., list[dict[str, np.ndarray]]]
+
+    @property
+    def batch_size_per_process(self) -> int:
+        return self.config.train.batch_size // jax.process_count()
+
+    def eval_batches(self) -> Iterable[dict[str, np.ndarray]]:
+        return pipeline.make_eval_batches(
+            self.manifest,
+            examples_fn=self.examples_fn,
+            seq_len=self.config.train.seq_len,
+            batch_size_per_process=self.batch_size_per_process,
+            num_batches=self.config.eval.steps,
+        )
+
+    def token_bytes(self) -> jax.Array:
+        """UTF-8 bytes per token id, padded to the model's vocabulary, for bits per byte."""
+        lengths_V = self.tokenizer.token_byte_lengths().astype(np.float32)
+        lengths_V = np.pad(lengths_V, (0, self.model_config.vocab_size - len(lengths_V)))
+        return jax.device_put(lengths_V, mesh_lib.replicated(self.mesh))
+
+    def checkpointer(self, workdir: str) -> checkpoint.Checkpointer:
+        return checkpoint.Checkpointer(
+            os.path.join(workdir, "checkpoints"),
+            every=self.config.checkpoint.every,
+            max_to_keep=self.config.checkpoint.max_to_keep,
+            use_async=self.config.checkpoint.use_async,
+        )
+
+
+def build_experiment(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    devices: Sequence[jax.Device] | None = None,
+) -> Experiment:
+    """Validates `config` and resolves it against the prepared data it names.
+
+    `devices` (default: all) restricts the mesh, e.g. to compare 1 device with 8 in one process.
+    """
+    devices = list(devices or jax.devices())
+    mesh_shape = config_lib.validate(config, len(devices), jax.process_count())
+    mesh = mesh_lib.make_mesh(mesh_shape, devices)
+    rules = tuple(tuple(rule) for rule in config.mesh.rules)
+    manifest = manifest_lib.read_manifest(config_lib.data_dir(config, workdir))
+    tokenizer = Tokenizer.load(manifest.tokenizer_path)
+    model_cfg = model_config(config, manifest.vocab_size)
+    objective = objectives.get(config.objective.name)
+    tx = optim.make_optimizer(config.train)
+    return Experiment(
+        config=config,
+        mesh=mesh,
+        manifest=manifest,
+        tokenizer=tokenizer,
+        model_config=model_cfg,
+        objective=objective,
+        tx=tx,
+        schedule=optim.learning_rate_schedule(config.train),
+        layout=state_layout(model_cfg, tx, mesh, rules),
+        batch_sharding=mesh_lib.batch_sharding(mesh, rules),
+        examples_fn=functools.partial(
+            objective.make_examples,
+            seq_len=config.train.seq_len,
+            special_ids=manifest.special_ids,
+        ),
+    )
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished `train_and_evaluate` leaves behind, for callers and tests."""
+
+    experiment: Experiment
+    state: TrainState
+    history: list[dict[str, float | None]]  # the records this call wrote to metrics.jsonl
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    devices: Sequence[jax.Device] | None = None,
+) -> TrainResult:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+    Expects prepared data at `config_lib.data_dir(config, workdir)` (main.py prepares it).
+    """
+    exp = build_experiment(config, workdir, devices)
+    train_step = make_train_step(
+        exp.layout, exp.objective, exp.tx, exp.schedule, exp.batch_sharding
+    )
+    eval_step = make_eval_step(exp.layout, exp.objective, exp.batch_sharding)
+    token_bytes_V = exp.token_bytes()
+    train_iter = pipeline.make_train_iterator(
+        exp.manifest,
+        examples_fn=exp.examples_fn,
+        seq_len=config.train.seq_len,
+        batch_size_per_process=exp.batch_size_per_process,
+        seed=config.train.seed,
+    )
+    checkpointer = exp.checkpointer(workdir)
+    restored = checkpointer.restore(exp.layout.abstract_state)
+    if restored is None:
+        state = init_state(exp.model_config, exp.tx, exp.layout, config.train.seed)
+        start_step = 0
+    else:
+        start_step, state, data_state = restored
+        train_iter.set_state(data_state)
+        logging.info("resumed from checkpoint at step %d", start_step)
+
+    def run_eval(params) -> dict[str, float]:
+        return evaluate(eval_step, params, exp.eval_batches(), token_bytes_V, exp.batch_sharding)
+
+    is_primary = jax.process_index() == 0
+    writer = monitor.create_writer(workdir, is_primary, resume_step=start_step)
+    progress = monitor.Progress(config.train.steps)
+    anomalies = monitor.AnomalyDetector(config.train.spike_factor)
+    flops_per_token = flops.train_flops_per_token(exp.model_config, config.train.seq_len)
+    peak = flops.peak_flops_per_device(jax.devices()[0], config.train.peak_tflops_per_device)
+    tokens_per_step = config.train.batch_size * config.train.seq_len
+    history: list[dict[str, float | None]] = []
+
+    def write(step: int, scalars: dict[str, float | None]) -> None:
+        writer.write_scalars(step, scalars)
+        history.append({"step": step, **scalars})
+
+    if start_step == 0 and config.eval.every > 0:
+        write(0, run_eval(state["params"]))
+
+    pending: list[dict[str, jax.Array]] = []
+    interval_start, interval_steps = time.perf_counter(), 0
+    for step in range(start_step + 1, config.train.steps + 1):
+        batch = data_device.to_global_arrays(next(train_iter), exp.batch_sharding)
+        state, metrics = train_step(state, batch)
+        pending.append(metrics)
+        interval_steps += 1
+        if step == start_step + 1:
+            # Exclude compilation from throughput: restart the clock after the first step.
+            jax.block_until_ready(metrics)
+            interval_start, interval_steps = time.perf_counter(), 0
+
+        is_last = step == config.train.steps
+        scalars: dict[str, float | None] = {}
+        if step % config.train.log_every == 0 or is_last:
+            fetched = jax.device_get(pending)  # the only host sync of the interval
+            elapsed = time.perf_counter() - interval_start
+            first_step = step - len(fetched) + 1
+            for offset, step_metrics in enumerate(fetched):
+                anomalies.check(
+                    first_step + offset,
+                    float(step_metrics["loss"]),
+                    float(step_metrics["grad_norm"]),
+                )
+            tokens_per_second = (
+                interval_steps * tokens_per_step / elapsed if interval_steps else 0.0
+            )
+            scalars = {
+                "loss": float(np.mean([m["loss"] for m in fetched])),
+                "learning_rate": float(fetched[-1]["learning_rate"]),
+                "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+                "tokens_per_second": tokens_per_second,
+                "mfu": flops.mfu(tokens_per_second, flops_per_token, peak, exp.mesh.size),
+            }
+            if is_primary:
+                steps_per_second = interval_steps / max(elapsed, 1e-9)
+                progress.report(step, scalars["loss"], tokens_per_second, steps_per_second)
+            pending = []
+            interval_start, interval_steps = time.perf_counter(), 0
+        if config.eval.every > 0 and (step % config.eval.every == 0 or is_last):
+            scalars.update(run_eval(state["params"]))
+            logging.info("step %d: %s", step, {k: v for k, v in scalars.items() if "eval" in k})
+        if scalars:
+            write(step, scalars)
+        if step % config.checkpoint.every == 0 or is_last:
+            checkpointer.save(step, state, train_iter.get_state(), force=True)
+
+    checkpointer.close()
+    writer.close()
+    return TrainResult(exp, state, history)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Validation metrics of the latest checkpoint in `workdir`."""
+    exp = build_experiment(config, workdir)
+    checkpointer = exp.checkpointer(workdir)
+    restored = checkpointer.restore(exp.layout.abstract_state)
+    checkpointer.close()
+    if restored is None:
+        raise FileNotFoundError(
+            f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; train first (--mode=train)."
+        )
+    step, state, _ = restored
+    eval_step = make_eval_step(exp.layout, exp.objective, exp.batch_sharding)
+    metrics = evaluate(
+        eval_step, state["params"], exp.eval_batches(), exp.token_bytes(), exp.batch_sharding
+    )
+    return {"step": step, **metrics}
+
+
+def sample_text(result: TrainResult, sample_cfg: ml_collections.ConfigDict) -> str:
+    """A continuation of `sample.prompt` from the trained parameters."""
+    exp = result.experiment
+    return sample.generate(
+        exp.layout.graphdef,
+        result.state["params"],
+        exp.tokenizer,
+        sample_cfg.prompt,
+        length=sample_cfg.length,
+        seq_len=exp.config.train.seq_len,
+        temperature=sample_cfg.temperature,
+        rng=result.state["rng"],
+    )
+
+
+def dry_run(config: ml_collections.ConfigDict) -> str:
+    """Validates `config` and lays out its state on this host's devices, allocating nothing.
+
+    Returns a short report: parameter count, FLOPs per token, and the bytes of parameters +
+    optimizer state per device under the configured mesh.
+    """
+    mesh_shape = config_lib.validate(config, jax.device_count(), jax.process_count())
+    mesh = mesh_lib.make_mesh(mesh_shape)
+    rules = tuple(tuple(rule) for rule in config.mesh.rules)
+    vocab_size = config.model.vocab_size if config.model.vocab_size > 0 else config.data.vocab_size
+    model_cfg = ModelConfig.from_config(config.model, vocab_size)
+    layout = state_layout(model_cfg, optim.make_optimizer(config.train), mesh, rules)
+
+    def bytes_per_device(leaf: jax.ShapeDtypeStruct) -> int:
+        shard_shape = leaf.sharding.shard_shape(leaf.shape)
+        return int(np.prod(shard_shape)) * leaf.dtype.itemsize
+
+    state_bytes = sum(jax.tree.leaves(jax.tree.map(bytes_per_device, layout.abstract_state)))
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layout.abstract_state["params"]))
+    flops_per_token = flops.train_flops_per_token(model_cfg, config.train.seq_len)
+    return (
+        f"config ok: mesh {mesh_shape}, {params / 1e6:,.1f}M parameters, "
+        f"{flops_per_token / 1e9:,.2f} GFLOP per trained token, "
+        f"{state_bytes / 2**30:,.2f} GiB of parameters + optimizer state per device"
+    )

@@ -1,0 +1,78 @@
+"""Config validation: each bad value stops with one sentence naming the key before compiling."""
+
+import pytest
+
+from jaxpretrain import config as config_lib
+
+
+def tiny_config():
+    config = config_lib.default_config()
+    config.train.batch_size = 8
+    config.train.seq_len = 64
+    config.model.max_seq_len = 128
+    return config
+
+
+def test_defaults_validate_on_eight_devices():
+    assert config_lib.validate(tiny_config(), num_devices=8) == {
+        "data": 8,
+        "fsdp": 1,
+        "tensor": 1,
+        "pipe": 1,
+    }
+
+
+def test_fill_axis_takes_the_remaining_devices():
+    config = tiny_config()
+    config.mesh.data, config.mesh.fsdp = 2, -1
+    assert config_lib.validate(config, num_devices=8)["fsdp"] == 4
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("mesh.fsdp", 3, "mesh axes"),
+        ("train.batch_size", 12, "train.batch_size=12"),
+        ("train.seq_len", 256, "train.seq_len=256 exceeds model.max_seq_len=128"),
+        ("objective.name", "nope", "objective.name='nope'"),
+        ("model.num_kv_heads", 3, "model.num_kv_heads=3"),
+        ("model.remat_policy", "some", "model.remat_policy='some'"),
+        ("model.dtype", "int8", "model.dtype='int8'"),
+        ("train.steps", 0, "train.steps=0"),
+        ("mesh.tensor", 2, "not yet supported"),
+        ("eval.steps", 0, "eval.steps=0"),
+    ],
+)
+def test_invalid_values_name_the_key(key, value, message):
+    config = tiny_config()
+    section, name = key.split(".")
+    if key == "mesh.fsdp":
+        config.mesh.data = 1
+    config[section][name] = value
+    with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(")):
+        config_lib.validate(config, num_devices=8)
+
+
+def test_mesh_must_match_device_count():
+    config = tiny_config()
+    config.mesh.data, config.mesh.fsdp = 2, 2
+    with pytest.raises(config_lib.ConfigError, match="multiply to 4 but there are 8 devices"):
+        config_lib.validate(config, num_devices=8)
+
+
+def test_two_fill_axes_rejected():
+    config = tiny_config()
+    config.mesh.fsdp = -1
+    with pytest.raises(config_lib.ConfigError, match="at most one mesh axis may be -1"):
+        config_lib.validate(config, num_devices=8)
+
+
+def test_config_json_is_the_resolved_config(tmp_path):
+    import json
+
+    config = tiny_config()
+    path = config_lib.write_config_json(config, str(tmp_path))
+    with open(path) as f:
+        written = json.load(f)
+    assert written["train"]["batch_size"] == 8
+    assert written["mesh"]["rules"][0] == ["batch", ["data", "fsdp"]]
