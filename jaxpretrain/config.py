@@ -97,7 +97,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.dir = ""  # prepared data (manifest.json + shards); empty: WORKDIR/data
     c.data.source = "stdlib"  # used only when data.dir has no prepared data
     c.data.vocab_size = 4096  # tokenizer trained by the prepare step
-    c.data.validation_fraction = 0.02
+    c.data.validation_fraction = 0.05
     c.data.max_documents = -1  # cap on source documents for prepare; -1 = all
     c.data.num_shards = 4
 

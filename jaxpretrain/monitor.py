@@ -98,13 +98,14 @@ class MultiWriter:
             writer.close()
 
 
-def create_writer(workdir: str, is_primary_process: bool) -> MetricWriter:
-    """WORKDIR/metrics.jsonl + TensorBoard events in WORKDIR on the primary process only."""
+def create_writer(
+    workdir: str, is_primary_process: bool, resume_step: int | None = None
+) -> MetricWriter:
+    """WORKDIR/metrics.jsonl + TensorBoard events in WORKDIR, on the primary process only."""
     if not is_primary_process:
         return MultiWriter([])
-    return MultiWriter(
-        [JsonlWriter(os.path.join(workdir, "metrics.jsonl")), TensorBoardWriter(workdir)]
-    )
+    jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step)
+    return MultiWriter([jsonl, TensorBoardWriter(workdir)])
 
 
 def _format_duration(seconds: float) -> str:

@@ -1,0 +1,383 @@
+"""Online input pipeline (grain): prepared shards → objective examples → packed rows → batches.
+
+    ArrayRecord shards ─► documents of this process (index::count) ─► shuffle per epoch, repeat
+      ─► int32 tokens ─► examples_fn (the objective's transform) ─► flatten
+      ─► first-fit packing into rows of seq_len ─► batch [batch_size_per_process, seq_len]
+
+Every batch is a dict of numpy arrays of shape [batch_size_per_process, seq_len]:
+
+    inputs, targets    int32    token ids; padding = the tokenizer's pad id
+    loss_weights       float32  0 on padding
+    segment_ids        int32    1-based example index inside the row, 0 on padding
+    positions          int32    position inside the example, restarting at 0 per example
+    bidirectional      int32    copied from the examples, 0 on padding
+
+`segment_ids` and `positions` come from example lengths, never from token values, so a real
+token with id 0 is never mistaken for padding.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from jaxpretrain.data.manifest import Manifest
+
+EXAMPLE_FEATURES = ("inputs", "targets", "loss_weights", "bidirectional")
+BATCH_FEATURES = ("inputs", "targets", "loss_weights", "segment_ids", "positions", "bidirectional")
+_FEATURE_DTYPES = {
+    "inputs": np.int32,
+    "targets": np.int32,
+    "loss_weights": np.float32,
+    "segment_ids": np.int32,
+    "positions": np.int32,
+    "bidirectional": np.int32,
+}
+
+ExamplesFn = Callable[[np.ndarray, np.random.Generator], list[dict[str, np.ndarray]]]
+"""The objective hook: (token ids of one document, int32 [n]; a generator seeded by (seed,
+epoch, document)) -> examples, each a dict with exactly EXAMPLE_FEATURES as 1-D arrays of one
+common length in [1, seq_len]. It runs on several threads, so it must not keep state."""
+
+
+def make_train_iterator(
+    manifest: Manifest,
+    *,
+    examples_fn: ExamplesFn,
+    seq_len: int,
+    batch_size_per_process: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    split: str = "train",
+    num_packing_bins: int | None = None,
+    read_threads: int = 4,
+    prefetch_batches: int = 2,
+) -> grain.DatasetIterator:
+    """An endless, checkpointable iterator of packed training batches for this process.
+
+    Args:
+      manifest: the prepared data (see `read_manifest`).
+      examples_fn: the objective's transform from one document to examples (see `ExamplesFn`).
+      seq_len: row length of every batch.
+      batch_size_per_process: rows per batch on this process.
+      seed: shuffles documents (differently every epoch) and seeds `examples_fn`'s generator.
+      process_index, process_count: this process reads documents `process_index::process_count`
+        of the split (default: jax.process_index() / jax.process_count()).
+      split: which split of the manifest to read.
+      num_packing_bins: rows filled at once by first-fit packing (default: the batch size);
+        more bins waste less padding but delay and mix more documents.
+      read_threads: threads reading shards and running `examples_fn`.
+      prefetch_batches: batches prepared ahead on a background thread (0 disables it).
+
+    Returns:
+      An iterator of dicts of numpy arrays [batch_size_per_process, seq_len] (BATCH_FEATURES).
+      `get_state()` is a small JSON-serialisable dict; `set_state(state)` on a fresh iterator
+      built with the same arguments resumes at exactly the next batch.
+    """
+    process_index, process_count = _process_slot(process_index, process_count)
+    _check_sizes(seq_len, batch_size_per_process)
+    source = _open_split(manifest, split)
+    document_indices = grain.MapDataset.range(len(source))[process_index::process_count]
+    documents_per_epoch = len(document_indices)
+    if documents_per_epoch == 0:
+        raise ValueError(
+            f"Process {process_index} of {process_count} gets no documents of split {split!r} "
+            f"({len(source)} in {manifest.manifest_path}); prepare more data or use fewer "
+            "processes."
+        )
+    examples = (
+        document_indices.shuffle(seed)
+        .repeat(None)  # Endless; ShuffleMapDataset reshuffles every epoch with seed + epoch.
+        .map_with_index(
+            _DocumentToExamples(source, examples_fn, seq_len, seed, documents_per_epoch)
+        )
+        .to_iter_dataset(_read_options(read_threads))
+    )
+    batches = _pack_and_batch(
+        _FlattenIterDataset(examples, max_consecutive_empty=documents_per_epoch),
+        manifest=manifest,
+        seq_len=seq_len,
+        rows_per_batch=batch_size_per_process,
+        num_packing_bins=num_packing_bins or batch_size_per_process,
+        drop_remainder=True,
+    )
+    if prefetch_batches > 0:
+        batches = grain.experimental.ThreadPrefetchIterDataset(
+            batches, prefetch_buffer_size=prefetch_batches
+        )
+    return iter(batches)
+
+
+def make_eval_batches(
+    manifest: Manifest,
+    *,
+    examples_fn: ExamplesFn,
+    seq_len: int,
+    batch_size_per_process: int,
+    num_batches: int,
+    split: str = "validation",
+    seed: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_packing_bins: int | None = None,
+    read_threads: int = 4,
+) -> Iterable[dict[str, np.ndarray]]:
+    """A finite, re-iterable sequence of packed eval batches, identical on every call.
+
+    Documents are read in order (no shuffle), once. Every process runs the same pipeline over the
+    whole split with a global batch of `batch_size_per_process * process_count` rows and keeps
+    its own rows, so all processes see the same number of batches (no host waits on another).
+
+    Args:
+      num_batches: batches to yield; -1 means the whole split (the last one is completed with
+        all-padding rows: pad ids, loss_weights 0, segment_ids 0); 0 yields nothing.
+      seed: seeds `examples_fn`'s generator (per document, epoch 0), so stochastic objectives
+        are evaluated on the same examples every time.
+      Other arguments as in `make_train_iterator`.
+
+    Returns:
+      An iterable of dicts of numpy arrays [batch_size_per_process, seq_len] (BATCH_FEATURES).
+    """
+    process_index, process_count = _process_slot(process_index, process_count)
+    _check_sizes(seq_len, batch_size_per_process)
+    if num_batches < -1:
+        raise ValueError(f"num_batches={num_batches} is invalid; use -1 (whole split) or >= 0.")
+    if num_batches == 0:
+        return ()
+    source = _open_split(manifest, split)
+    if len(source) == 0:
+        raise ValueError(
+            f"Split {split!r} of {manifest.manifest_path} has no documents; prepare the data "
+            "with a larger validation_fraction or disable eval."
+        )
+    global_batch_size = batch_size_per_process * process_count
+    examples = (
+        grain.MapDataset.range(len(source))
+        .map_with_index(_DocumentToExamples(source, examples_fn, seq_len, seed, len(source)))
+        .to_iter_dataset(_read_options(read_threads))
+    )
+    batches = _pack_and_batch(
+        _FlattenIterDataset(examples, max_consecutive_empty=None),
+        manifest=manifest,
+        seq_len=seq_len,
+        rows_per_batch=global_batch_size,
+        num_packing_bins=num_packing_bins or global_batch_size,
+        drop_remainder=False,
+    ).map(
+        functools.partial(
+            _pad_rows_and_take_process_slice,
+            rows=global_batch_size,
+            first_row=process_index * batch_size_per_process,
+            num_rows=batch_size_per_process,
+            pad_id=manifest.special_ids.pad,
+        )
+    )
+    if num_batches > 0:
+        batches = grain.experimental.LimitIterDataset(batches, count=num_batches)
+    return batches
+
+
+def _process_slot(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if not 0 <= index < count:
+        raise ValueError(
+            f"process_index={index} is outside [0, process_count={count}); pass both or neither."
+        )
+    return index, count
+
+
+def _check_sizes(seq_len: int, batch_size_per_process: int) -> None:
+    if seq_len < 1 or batch_size_per_process < 1:
+        raise ValueError(
+            f"seq_len={seq_len} and batch_size_per_process={batch_size_per_process} must both "
+            "be at least 1."
+        )
+
+
+def _open_split(manifest: Manifest, split: str) -> grain.sources.ArrayRecordDataSource:
+    return grain.sources.ArrayRecordDataSource(manifest.shard_paths(split))
+
+
+def _read_options(read_threads: int) -> grain.ReadOptions:
+    # Documents are small; a short buffer keeps restore cheap and memory flat.
+    return grain.ReadOptions(
+        num_threads=read_threads, prefetch_buffer_size=8 * max(1, read_threads)
+    )
+
+
+class _DocumentToExamples:
+    """map_with_index transform: (position in the stream, document index) -> checked examples."""
+
+    def __init__(
+        self,
+        source: grain.sources.ArrayRecordDataSource,
+        examples_fn: ExamplesFn,
+        seq_len: int,
+        seed: int,
+        documents_per_epoch: int,
+    ):
+        self._source = source
+        self._examples_fn = examples_fn
+        self._seq_len = seq_len
+        self._seed = seed
+        self._documents_per_epoch = documents_per_epoch
+
+    def __call__(self, stream_index: int, document_index: int) -> list[dict[str, np.ndarray]]:
+        document_index = int(document_index)
+        epoch = stream_index // self._documents_per_epoch
+        token_ids = np.frombuffer(self._source[document_index], dtype="<i4").astype(np.int32)
+        # Seeded by the document itself (not the stream position or process), so its examples
+        # are the same whichever process reads it and however often the iterator is restored.
+        rng = np.random.default_rng([self._seed, epoch, document_index])
+        examples = self._examples_fn(token_ids, rng)
+        return [_checked_example(example, self._seq_len, document_index) for example in examples]
+
+
+def _checked_example(
+    example: dict[str, Any], seq_len: int, document_index: int
+) -> dict[str, np.ndarray]:
+    """Casts an example to the batch dtypes; raises a one-sentence error on a broken contract."""
+    if not isinstance(example, dict) or set(example) != set(EXAMPLE_FEATURES):
+        keys = sorted(example) if isinstance(example, dict) else type(example).__name__
+        raise ValueError(
+            f"examples_fn returned an example with keys {keys} for document {document_index}; "
+            f"it must return dicts with exactly the keys {list(EXAMPLE_FEATURES)}."
+        )
+    checked = {key: np.asarray(example[key], dtype=_FEATURE_DTYPES[key]) for key in example}
+    lengths = {key: value.shape for key, value in checked.items()}
+    length = checked["inputs"].shape[0] if checked["inputs"].ndim == 1 else -1
+    if any(shape != (length,) for shape in lengths.values()) or not 1 <= length <= seq_len:
+        raise ValueError(
+            f"examples_fn returned features of shapes {lengths} for document {document_index}; "
+            f"each must be 1-D with one common length between 1 and seq_len={seq_len}."
+        )
+    return checked
+
+
+class _FlattenIterDataset(grain.IterDataset):
+    """Turns a stream of lists (each document's examples) into a stream of their elements."""
+
+    def __init__(self, parent: grain.IterDataset, *, max_consecutive_empty: int | None):
+        super().__init__(parent)
+        self._max_consecutive_empty = max_consecutive_empty
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _FlattenIterator(self._parent.__iter__(), self._max_consecutive_empty)
+
+    def __str__(self) -> str:
+        return "FlattenIterDataset"
+
+
+class _FlattenIterator(grain.DatasetIterator):
+    """State = parent state before the current list + index inside it, so no buffer is saved.
+
+    `max_consecutive_empty`: an endless stream where a whole epoch of documents yields no
+    example would otherwise spin forever; it raises instead.
+    """
+
+    def __init__(self, parent: grain.DatasetIterator, max_consecutive_empty: int | None):
+        super().__init__(parent)
+        self._max_consecutive_empty = max_consecutive_empty
+        self._buffer: list[Any] = []
+        self._next_in_buffer = 0
+        self._parent_state_before_buffer = self._parent.get_state()
+
+    def __next__(self) -> Any:
+        consecutive_empty = 0
+        while self._next_in_buffer >= len(self._buffer):
+            self._parent_state_before_buffer = self._parent.get_state()
+            self._buffer = next(self._parent)  # StopIteration ends a finite stream.
+            self._next_in_buffer = 0
+            if self._buffer:
+                break
+            consecutive_empty += 1
+            if self._max_consecutive_empty and consecutive_empty >= self._max_consecutive_empty:
+                raise ValueError(
+                    f"examples_fn returned no example for {consecutive_empty} documents in a "
+                    "row (a whole epoch); check the objective's minimum document length against "
+                    "the data."
+                )
+        element = self._buffer[self._next_in_buffer]
+        self._next_in_buffer += 1
+        return element
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "parent": self._parent_state_before_buffer,
+            "next_in_buffer": self._next_in_buffer,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["parent"])
+        self._parent_state_before_buffer = state["parent"]
+        self._buffer, self._next_in_buffer = [], 0
+        if state["next_in_buffer"] > 0:
+            # Re-read the list the saved position points into; examples_fn is deterministic.
+            self._buffer = next(self._parent)
+            self._next_in_buffer = state["next_in_buffer"]
+
+
+def _pack_and_batch(
+    examples: grain.IterDataset,
+    *,
+    manifest: Manifest,
+    seq_len: int,
+    rows_per_batch: int,
+    num_packing_bins: int,
+    drop_remainder: bool,
+) -> grain.IterDataset:
+    pad_id = manifest.special_ids.pad
+    packed_rows = grain.experimental.FirstFitPackIterDataset(
+        examples,
+        length_struct={feature: seq_len for feature in EXAMPLE_FEATURES},
+        num_packing_bins=num_packing_bins,
+        # Documents are already shuffled; keeping row order keeps batches reproducible.
+        shuffle_bins=False,
+        padding_struct={
+            "inputs": pad_id,
+            "targets": pad_id,
+            "loss_weights": 0.0,
+            "bidirectional": 0,
+        },
+    )
+    return packed_rows.map(_packed_row_to_features).batch(
+        rows_per_batch, drop_remainder=drop_remainder
+    )
+
+
+def _packed_row_to_features(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Renames the packer's per-feature segmentation to the batch contract.
+
+    The packer tracks segment ids/positions per feature; all example features share one length,
+    so those of `inputs` hold for every feature.
+    """
+    return {
+        "inputs": row["inputs"],
+        "targets": row["targets"],
+        "loss_weights": row["loss_weights"],
+        "segment_ids": row["inputs_segment_ids"],
+        "positions": row["inputs_positions"],
+        "bidirectional": row["bidirectional"],
+    }
+
+
+def _pad_rows_and_take_process_slice(
+    batch: dict[str, np.ndarray], *, rows: int, first_row: int, num_rows: int, pad_id: int
+) -> dict[str, np.ndarray]:
+    """Completes a short final batch with all-padding rows, then keeps this process's rows."""
+    result = {}
+    for feature, values in batch.items():
+        missing = rows - values.shape[0]
+        if missing > 0:
+            fill = pad_id if feature in ("inputs", "targets") else 0
+            padding = np.full((missing, *values.shape[1:]), fill, dtype=values.dtype)
+            values = np.concatenate([values, padding])
+        result[feature] = values[first_row : first_row + num_rows]
+    return result
