@@ -19,15 +19,15 @@ def get_config():
     config.model.max_seq_len = 256
     config.model.dtype = "float32"
 
-    config.train.steps = 600
+    config.train.steps = 300
     config.train.batch_size = 16
     config.train.seq_len = 256
     config.train.lr = 3e-3
-    config.train.warmup_steps = 50
-    config.train.log_every = 20
+    config.train.warmup_steps = 30
+    config.train.log_every = 10
 
-    config.checkpoint.every = 200
-    config.eval.every = 200
+    config.checkpoint.every = 100
+    config.eval.every = 100
     config.eval.steps = 8
 
     config.data.vocab_size = 4096

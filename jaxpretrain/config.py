@@ -100,6 +100,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.validation_fraction = 0.05
     c.data.max_documents = -1  # cap on source documents for prepare; -1 = all
     c.data.num_shards = 4
+    c.data.shuffle_window = 4096  # examples shuffled together after cutting documents
 
     c.sample = ml_collections.ConfigDict()
     c.sample.prompt = "def "

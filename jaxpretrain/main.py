@@ -76,10 +76,13 @@ def main(argv: list[str]) -> None:
         if _MODE.value == "eval":
             print(train.evaluate_checkpoint(config, workdir))
             return
-        config_lib.write_config_json(config, workdir)
-        result = train.train_and_evaluate(config, workdir)
-    except (config_lib.ConfigError, FileNotFoundError) as error:
+        experiment = train.build_experiment(config, workdir)
+    except (config_lib.ConfigError, FileNotFoundError, ValueError) as error:
+        # Set-up failures (bad config, missing or unreadable data, a mesh that does not fit the
+        # model) raise these with a message naming the key or file; a traceback would bury it.
         sys.exit(f"error: {error}")
+    config_lib.write_config_json(config, workdir)
+    result = train.run_training(experiment, workdir)
     if jax.process_index() == 0:
         print("sample:", repr(config.sample.prompt + train.sample_text(result, config.sample)))
 

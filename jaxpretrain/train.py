@@ -165,7 +165,7 @@ def make_train_step(
         }
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "learning_rate": schedule(state["step"]),
         }
         return new_state, metrics
@@ -321,7 +321,12 @@ def train_and_evaluate(
 
     Expects prepared data at `config_lib.data_dir(config, workdir)` (main.py prepares it).
     """
-    exp = build_experiment(config, workdir, devices)
+    return run_training(build_experiment(config, workdir, devices), workdir)
+
+
+def run_training(exp: Experiment, workdir: str) -> TrainResult:
+    """The training loop of `train_and_evaluate`, for an experiment already built."""
+    config = exp.config
     train_step = make_train_step(
         exp.layout, exp.objective, exp.tx, exp.schedule, exp.batch_sharding
     )
@@ -333,6 +338,7 @@ def train_and_evaluate(
         seq_len=config.train.seq_len,
         batch_size_per_process=exp.batch_size_per_process,
         seed=config.train.seed,
+        shuffle_window=config.data.shuffle_window,
     )
     checkpointer = exp.checkpointer(workdir)
     restored = checkpointer.restore(exp.layout.abstract_state)

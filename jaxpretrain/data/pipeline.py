@@ -58,6 +58,7 @@ def make_train_iterator(
     num_packing_bins: int | None = None,
     read_threads: int = 4,
     prefetch_batches: int = 2,
+    shuffle_window: int = 4096,
 ) -> grain.DatasetIterator:
     """An endless, checkpointable iterator of packed training batches for this process.
 
@@ -74,6 +75,9 @@ def make_train_iterator(
         more bins waste less padding but delay and mix more documents.
       read_threads: threads reading shards and running `examples_fn`.
       prefetch_batches: batches prepared ahead on a background thread (0 disables it).
+      shuffle_window: examples shuffled together after documents are cut into examples.
+        Without it, a long document's consecutive windows fill whole batches and the
+        gradient sees one file at a time; 1 disables it.
 
     Returns:
       An iterator of dicts of numpy arrays [batch_size_per_process, seq_len] (BATCH_FEATURES).
@@ -99,8 +103,13 @@ def make_train_iterator(
         )
         .to_iter_dataset(_read_options(read_threads))
     )
+    flat_examples = _FlattenIterDataset(examples, max_consecutive_empty=documents_per_epoch)
+    if shuffle_window > 1:
+        flat_examples = grain.experimental.WindowShuffleIterDataset(
+            flat_examples, window_size=shuffle_window, seed=seed
+        )
     batches = _pack_and_batch(
-        _FlattenIterDataset(examples, max_consecutive_empty=documents_per_epoch),
+        flat_examples,
         manifest=manifest,
         seq_len=seq_len,
         rows_per_batch=batch_size_per_process,

@@ -1,0 +1,92 @@
+"""The command line as a user runs it: outputs in the workdir, resume, and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TINY_CONFIG = """
+from jaxpretrain.config import default_config
+
+
+def get_config():
+    config = default_config()
+    config.model.update(num_layers=1, embed_dim=32, num_heads=2, num_kv_heads=1, head_dim=16,
+                        mlp_dim=64, max_seq_len=64, dtype="float32")
+    config.train.update(steps=4, batch_size=8, seq_len=64, log_every=2, warmup_steps=1)
+    config.checkpoint.update(every=2)
+    config.eval.update(every=2, steps=1)
+    config.data.update(vocab_size=512, num_shards=1, validation_fraction=0.3)
+    config.sample.length = 8
+    return config
+"""
+
+
+def run_main(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "jaxpretrain.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    (tmp_path / "tiny.py").write_text(TINY_CONFIG)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(12):
+        (corpus / f"doc{i}.txt").write_text(f"Document {i} says hello to the world. " * (20 + i))
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_main_prepares_trains_writes_outputs_and_resumes(tiny):
+    args = (
+        "--config=tiny.py",
+        "--workdir=run",
+        "--config.data.source=corpus",
+        "--config.train.seed=7",
+    )
+    first = run_main(*args, cwd=tiny)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "step       4/4 | loss" in first.stdout
+    assert "sample: " in first.stdout
+
+    workdir = tiny / "run"
+    with open(workdir / "config.json") as f:
+        assert json.load(f)["train"]["seed"] == 7
+    with open(workdir / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records] == [0, 2, 4]
+    assert set(records[1]) >= {"loss", "learning_rate", "grad_norm", "tokens_per_second", "mfu"}
+    assert "eval/bits_per_byte" in records[2]
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+    assert (workdir / "data" / "manifest.json").exists()
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+
+    # A longer run in the same workdir continues from step 4 instead of starting over.
+    second = run_main(*args, "--config.train.steps=6", cwd=tiny)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from checkpoint at step 4" in second.stderr
+    with open(workdir / "metrics.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [0, 2, 4, 6]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--config.train.batch_size=12", "error: config key train.batch_size=12 is not divisible"),
+        ("--config.train.nonexistent=1", "error: --config.train.nonexistent=1 names no config key"),
+        ("--config.data.source=missing_dir", "missing_dir"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tiny, override, message):
+    result = run_main("--config=tiny.py", "--workdir=run", override, cwd=tiny)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
