@@ -1,11 +1,12 @@
-"""Measures training throughput of a config on this machine's devices.
+"""Measures throughput on this machine and prints Markdown rows for docs/performance.md.
 
     python tools/benchmark.py train --config=configs/tiny_clm.py --steps=20
-    python tools/benchmark.py train --config=configs/clm_125m.py --config.train.batch_size=16
+    python tools/benchmark.py data --documents=2000
 
-Times jitted train steps on synthetic full-length batches (the input pipeline is measured apart),
-after compilation and warm-up steps, and prints one Markdown row for docs/performance.md with the
-date, the device and the command. Timings are never asserted in tests.
+`train` times jitted train steps on synthetic full-length batches (the input pipeline is measured
+apart), after compilation and warm-up steps. `data` times the curation blocks (cleaning, each
+filter family, MinHash signatures beside datasketch's `MinHash.update_batch`) on one core, on the
+prose documents of the embedded stdlib corpus. Timings are never asserted in tests.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from jaxpretrain import mesh as mesh_lib
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+_DOCUMENTS = flags.DEFINE_integer("documents", 2000, "data: documents timed per block.")
 
 
 def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int) -> dict:
@@ -92,9 +94,87 @@ def benchmark_train(config) -> dict[str, float]:
     }
 
 
+def prose_documents(count: int) -> list:
+    """The stdlib corpus's docstring and help-topic documents (natural language), cycled."""
+    from jaxpretrain.curate import sources
+
+    report = sources.SourceReport(source="stdlib")
+    prose = [d for d in sources.iter_documents("stdlib", report) if d.kind == "text"]
+    return [prose[i % len(prose)] for i in range(count)]
+
+
+def _rate(fn, docs) -> tuple[float, float]:
+    """(documents/s, MB/s) of calling `fn` on `docs`, timed once after one warm-up call."""
+    fn(docs[:10])
+    start = time.perf_counter()
+    fn(docs)
+    seconds = time.perf_counter() - start
+    megabytes = sum(len(d.text.encode()) for d in docs) / 1e6
+    return len(docs) / seconds, megabytes / seconds
+
+
+def benchmark_data(num_documents: int) -> list[tuple[str, float, float]]:
+    import datasketch
+
+    from jaxpretrain.curate import clean, dedup, filters
+
+    docs = prose_documents(num_documents)
+    rows = [
+        (
+            "clean (ftfy, NFC, whitespace, specials)",
+            *_rate(lambda ds: [clean.clean_document(d) for d in ds], docs),
+        )
+    ]
+    for name in (
+        "length",
+        "blocklist",
+        "c4",
+        "fineweb",
+        "gopher_quality",
+        "gopher_repetition",
+        "language",
+    ):
+        chain = [filters.get(name)]
+        rows.append(
+            (
+                f"filter {name}",
+                *_rate(lambda ds, chain=chain: [filters.apply_filters(d, chain) for d in ds], docs),
+            )
+        )
+    for hash_name in ("fast", "sha1"):
+        hasher = dedup.MinHasher(dedup.MinHashConfig(shingle_hash=hash_name))
+        rows.append(
+            (
+                f"MinHash signatures, ours ({hash_name} shingle hash)",
+                *_rate(lambda ds, hasher=hasher: hasher.signatures([d.text for d in ds]), docs),
+            )
+        )
+
+    def datasketch_signatures(ds):
+        for d in ds:
+            minhash = datasketch.MinHash(num_perm=112, seed=1)
+            minhash.update_batch([s.encode() for s in dedup.shingles(d.text)])
+
+    rows.append(
+        ("MinHash signatures, datasketch update_batch", *_rate(datasketch_signatures, docs))
+    )
+    return rows
+
+
 def main(argv: list[str]) -> None:
+    if len(argv) == 2 and argv[1] == "data":
+        print(f"| date | block ({_DOCUMENTS.value} docs, 1 core) | documents/s | MB/s |")
+        print("| --- | --- | --- | --- |")
+        for name, docs_per_second, mb_per_second in benchmark_data(_DOCUMENTS.value):
+            print(
+                f"| {datetime.date.today()} | {name} | {docs_per_second:,.0f} | "
+                f"{mb_per_second:.2f} |"
+            )
+        return
     if len(argv) != 2 or argv[1] != "train":
-        raise app.UsageError("usage: benchmark.py train --config=CONFIG [--steps=N]")
+        raise app.UsageError("usage: benchmark.py train --config=CONFIG | data [--documents=N]")
+    if _CONFIG.value is None:
+        raise app.UsageError("benchmark.py train needs --config=CONFIG.")
     result = benchmark_train(_CONFIG.value)
     device = f"{jax.device_count()}x {jax.devices()[0].device_kind} ({platform.machine()})"
     mfu = "n/a" if result["mfu"] is None else f"{100 * result['mfu']:.1f}%"
@@ -109,5 +189,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
     app.run(main)
