@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from flax import linen as nn
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
@@ -74,6 +75,7 @@ class StateLayout:
     graphdef: nnx.GraphDef
     abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
     shardings: TrainState
+    rules: mesh_lib.AxisRules  # logical axis -> mesh axes, also for activations
 
 
 def state_layout(
@@ -112,7 +114,7 @@ def state_layout(
         abstract,
         shardings,
     )
-    return StateLayout(graphdef, abstract, shardings)
+    return StateLayout(graphdef, abstract, shardings, tuple(rules))
 
 
 def init_state(
@@ -131,6 +133,21 @@ def init_state(
         }
 
     return jax.jit(init, out_shardings=layout.shardings)(jax.random.PRNGKey(seed))
+
+
+def _with_axis_rules(jitted: Callable, mesh: Mesh, rules: mesh_lib.AxisRules) -> Callable:
+    """Calls `jitted` with the mesh and logical axis rules in context.
+
+    The model pins activations by logical names (`nn.with_logical_constraint`); those constraints
+    only take effect when traced under both contexts, and are no-ops otherwise.
+    """
+
+    @functools.wraps(jitted)
+    def call(*args):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            return jitted(*args)
+
+    return call
 
 
 def _forward(graphdef: nnx.GraphDef, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
@@ -171,12 +188,13 @@ def make_train_step(
         return new_state, metrics
 
     batch_shardings = {key: batch_sharding for key in BATCH_KEYS}
-    return jax.jit(
+    jitted = jax.jit(
         train_step,
         in_shardings=(layout.shardings, batch_shardings),
         out_shardings=(layout.shardings, mesh_lib.replicated(batch_sharding.mesh)),
         donate_argnums=0,
     )
+    return _with_axis_rules(jitted, batch_sharding.mesh, layout.rules)
 
 
 def make_eval_step(
@@ -192,11 +210,12 @@ def make_eval_step(
 
     replicated = mesh_lib.replicated(batch_sharding.mesh)
     batch_shardings = {key: batch_sharding for key in BATCH_KEYS}
-    return jax.jit(
+    jitted = jax.jit(
         eval_step,
         in_shardings=(layout.shardings["params"], batch_shardings, replicated),
         out_shardings=replicated,
     )
+    return _with_axis_rules(jitted, batch_sharding.mesh, layout.rules)
 
 
 def evaluate(

@@ -2,6 +2,8 @@
 
 import json
 import os
+import random
+import string
 import subprocess
 import sys
 
@@ -39,8 +41,12 @@ def tiny(tmp_path):
     (tmp_path / "tiny.py").write_text(TINY_CONFIG)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
+    rng = random.Random(0)
     for i in range(12):
-        (corpus / f"doc{i}.txt").write_text(f"Document {i} says hello to the world. " * (20 + i))
+        words = (
+            "".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 8))) for _ in range(400)
+        )
+        (corpus / f"doc{i}.txt").write_text(" ".join(words))
     return tmp_path
 
 

@@ -9,6 +9,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from jaxpretrain import config as config_lib
 from jaxpretrain import train
@@ -158,3 +159,30 @@ def test_7b_config_validates_and_lays_out_on_eight_devices():
     assert "6,738.4M parameters" in report  # Llama-2-7B's published count (6.74B)
     # 6.74B params x (4 B param + 8 B Adam moments) / 8 devices = 9.4 GiB per device.
     assert "9.41 GiB" in report
+
+
+def test_activation_sharding_constraints_reach_the_train_step(data_dir, tmp_path):
+    config = tiny_config(data_dir)
+    config.mesh.update(data=2, fsdp=4)
+    exp = train.build_experiment(config, str(tmp_path))
+    step = train.make_train_step(
+        exp.layout, exp.objective, exp.tx, exp.schedule, exp.batch_sharding
+    )
+    batch = {
+        key: jax.ShapeDtypeStruct((8, 64), "float32" if key == "loss_weights" else "int32")
+        for key in train.BATCH_KEYS
+    }
+
+    def constraints(hlo: str) -> int:  # Shardy and GSPMD spell a sharding constraint differently
+        return hlo.count("sharding_constraint") + hlo.count("@Sharding")
+
+    with jax.set_mesh(exp.mesh), nn.logical_axis_rules(exp.layout.rules):
+        hlo = step.__wrapped__.lower(exp.layout.abstract_state, batch).as_text()
+    assert constraints(hlo) >= 2 * config.model.num_layers
+    # Without the rules in context the model's constraints are no-ops: the wrapper is needed.
+    fresh_step = train.make_train_step(
+        exp.layout, exp.objective, exp.tx, exp.schedule, exp.batch_sharding
+    )
+    with jax.set_mesh(exp.mesh):
+        hlo = fresh_step.__wrapped__.lower(exp.layout.abstract_state, batch).as_text()
+    assert constraints(hlo) == 0
