@@ -57,10 +57,23 @@ def ensure_prepared_data(config, workdir: str) -> str:
     return data_dir
 
 
+def is_multi_process_launch() -> bool:
+    """True under a launcher that starts one process per host (TPU pod, SLURM, explicit)."""
+    return bool(
+        os.environ.get("JAX_COORDINATOR_ADDRESS")
+        or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    )
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE.")
     import jax
+
+    if is_multi_process_launch():
+        # Must precede any other JAX call; it discovers the cluster from the environment.
+        jax.distributed.initialize()
 
     from jaxpretrain import config as config_lib
     from jaxpretrain import train

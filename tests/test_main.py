@@ -1,5 +1,6 @@
 """The command line as a user runs it: outputs in the workdir, resume, and one-line errors."""
 
+import ast
 import json
 import os
 import random
@@ -80,7 +81,15 @@ def test_main_prepares_trains_writes_outputs_and_resumes(tiny):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from checkpoint at step 4" in second.stderr
     with open(workdir / "metrics.jsonl") as f:
-        assert [json.loads(line)["step"] for line in f] == [0, 2, 4, 6]
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records] == [0, 2, 4, 6]
+
+    # --mode=eval re-evaluates the newest checkpoint: the same numbers the run logged at step 6.
+    evaluation = run_main(*args, "--config.train.steps=6", "--mode=eval", cwd=tiny)
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    printed = ast.literal_eval(evaluation.stdout.strip().splitlines()[-1])
+    assert printed["step"] == 6
+    assert printed["eval/loss"] == pytest.approx(records[-1]["eval/loss"], rel=1e-6)
 
 
 @pytest.mark.parametrize(
