@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 
+from jaxpretrain.curate import finalize as finalize_lib
 from jaxpretrain.curate import prepare as prepare_lib
 from jaxpretrain.curate import sources
+from jaxpretrain.curate.clean import clean_document
 from jaxpretrain.data import manifest as manifest_lib
 from jaxpretrain.tokenizer import Tokenizer
 
@@ -163,9 +165,9 @@ def test_prepare_writes_shards_tokenizer_and_manifest(corpus, tmp_path):
     manifest = manifest_lib.read_manifest(output)
     assert manifest.vocab_size == 512 and manifest.special_ids.pad == 0
     assert [shard.file for shard in manifest.split("train").shards] == [
-        "train-00000-of-00003.array_record",
-        "train-00001-of-00003.array_record",
-        "train-00002-of-00003.array_record",
+        "corpus/train-00000-of-00003.array_record",
+        "corpus/train-00001-of-00003.array_record",
+        "corpus/train-00002-of-00003.array_record",
     ]
     train, validation = manifest.split("train"), manifest.split("validation")
     assert train.documents + validation.documents == 18 and validation.documents > 0
@@ -175,10 +177,10 @@ def test_prepare_writes_shards_tokenizer_and_manifest(corpus, tmp_path):
         "skipped"
     ]
 
-    # Every record is a document's token ids, no specials, and decodes to a source text.
+    # Every record is a document's token ids, no specials, and decodes to a cleaned source text.
     tokenizer = Tokenizer.load(manifest.tokenizer_path)
     documents, _ = _read(corpus)
-    texts = {document.text for document in documents}
+    texts = {clean_document(document).text for document in documents}
     for split in ("train", "validation"):
         for shard, path in zip(
             manifest.split(split).shards, manifest.shard_paths(split), strict=True
@@ -208,7 +210,7 @@ def test_interrupted_prepare_is_never_taken_as_finished(corpus, tmp_path, monkey
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prepare_lib.tokenizer_lib, "train_tokenizer", crash)
+    monkeypatch.setattr(finalize_lib.tokenizer_lib, "train_tokenizer", crash)
     with pytest.raises(KeyboardInterrupt):
         prepare_lib.prepare(output, str(corpus), vocab_size=512, validation_fraction=0.25)
     assert not manifest_lib.is_prepared(output)
@@ -227,7 +229,10 @@ def test_prepare_stdlib_with_a_document_cap(tmp_path):
 def test_prepare_rejects_bad_options(tmp_path, corpus):
     with pytest.raises(ValueError, match="validation_fraction=1.5"):
         prepare_lib.prepare(tmp_path, str(corpus), validation_fraction=1.5)
-    with pytest.raises(ValueError, match="produced no documents"):
-        empty = tmp_path / "empty"
-        empty.mkdir()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no file"):
+        prepare_lib.prepare(tmp_path / "out", str(empty))
+    (empty / "blank.txt").write_text("   \n")
+    with pytest.raises(ValueError, match="No document survived curation"):
         prepare_lib.prepare(tmp_path / "out", str(empty))

@@ -7,6 +7,7 @@ with data.
 
 import collections
 import json
+import pathlib
 
 import jax
 import numpy as np
@@ -366,3 +367,72 @@ def test_global_arrays_are_sharded_over_data_and_fsdp(manifest, batch_sharding):
         rows_per_device = {s.index[0].indices(16) for s in shards}
         assert len(rows_per_device) == 8  # Each device holds different rows.
         np.testing.assert_array_equal(np.asarray(array), batch[feature])
+
+
+def _write_two_sources(directory, weights: dict[str, float]):
+    """Manifest v2 with sources 'a' (documents 1000+i) and 'b' (documents 2000+i)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for name, first_marker, count in (("a", 1000, 20), ("b", 2000, 60)):
+        (directory / name).mkdir()
+        filename = f"{name}/train-00000-of-00001.array_record"
+        writer = ArrayRecordWriter(str(directory / filename), "group_size:1")
+        for index in range(count):
+            writer.write(np.array([first_marker + index, 9, 9], "<i4").tobytes())
+        writer.close()
+        shards.append(manifest_lib.ShardInfo(filename, count, 3 * count, source=name))
+    (directory / "tokenizer.model").write_bytes(b"unused by the loader")
+    manifest_lib.write_manifest(
+        manifest_lib.Manifest(
+            data_dir=str(directory),
+            tokenizer_file="tokenizer.model",
+            vocab_size=2100,
+            special_ids=_SPECIAL_IDS,
+            splits={"train": manifest_lib.SplitInfo(tuple(shards))},
+            sources=tuple({"name": name, "weight": weight} for name, weight in weights.items()),
+        )
+    )
+    return manifest_lib.read_manifest(directory)
+
+
+def test_train_iterator_mixes_sources_by_manifest_weights(tmp_path):
+    mixed = _write_two_sources(tmp_path / "data", {"a": 0.75, "b": 0.25})
+    assert mixed.source_weights() == {"a": 0.75, "b": 0.25}
+    assert mixed.shard_paths("train", source="b")[0].endswith("b/train-00000-of-00001.array_record")
+
+    def markers(iterator, batches):
+        found = []
+        for _ in range(batches):
+            inputs = next(iterator)["inputs"]
+            found.extend(int(t) for t in inputs[inputs >= 1000])
+        return found
+
+    seen = markers(_train_iterator(mixed, shuffle_window=1), 40)
+    from_a = sum(1000 <= marker < 2000 for marker in seen)
+    # Source a has a quarter of the documents but three quarters of the samples.
+    assert abs(from_a / len(seen) - 0.75) < 0.05
+    # Deterministic and restorable mid-stream.
+    iterator = _train_iterator(mixed, shuffle_window=1)
+    markers(iterator, 5)
+    state = iterator.get_state()
+    expected = markers(iterator, 5)
+    restored = _train_iterator(mixed, shuffle_window=1)
+    restored.set_state(state)
+    assert markers(restored, 5) == expected
+
+
+def test_version_1_manifest_is_read_as_one_source(tmp_path, manifest):
+    content = json.loads(pathlib.Path(manifest.manifest_path).read_text())
+    content["format_version"] = 1
+    for split in content["splits"].values():
+        for shard in split["shards"]:
+            del shard["source"]
+    directory = tmp_path / "v1"
+    directory.mkdir()
+    for path in manifest.shard_paths("train") + manifest.shard_paths("validation"):
+        (directory / path.rsplit("/", 1)[1]).symlink_to(path)
+    (directory / "manifest.json").write_text(json.dumps(content))
+    old = manifest_lib.read_manifest(directory)
+    assert {shard.source for shard in old.split("train").shards} == {"synthetic"}
+    assert old.source_weights() == {"synthetic": 1.0}
+    assert next(_train_iterator(old))["inputs"].shape == (4, SEQ_LEN)

@@ -1,48 +1,129 @@
-"""Raw text sources: each yields `Document`s and records every input it could not use.
+"""Raw text sources: what to read (`SourceSpec`), its shards, and the documents in them.
 
-A source is named by a string:
-  - 'stdlib': the embedded default corpus, built from the running interpreter's standard library
-    (code documents, one prose document of docstrings per module, and the pydoc help topics).
-    Real text on every machine, nothing downloaded.
-  - a local directory (read recursively) or a single file: `*.jsonl` / `*.jsonl.gz` give one
-    document per line (its `text` field), any other file one document per file.
+A source is described by a frozen `SourceSpec` (usually one entry of a data-mixture config):
 
-Nothing is dropped silently: each unusable input (bad JSON, missing `text`, invalid UTF-8, empty
-or binary file, hidden path) is counted in a `SourceReport` with its file and line.
+    spec = SourceSpec(name="web", type="jsonl", path="data/web/*.jsonl.gz", weight=0.45)
+    check_source(spec)                       # clear errors before any work starts
+    for shard in list_input_shards(spec):    # deterministic; one per file / TFDS shard / ...
+        for doc in iter_shard_documents(spec, shard, report): ...
+
+Types: 'stdlib' (the embedded corpus of the interpreter's standard library, see
+`stdlib_corpus.py`), 'files' (a file, directory or glob; by extension: `*.jsonl[.gz]` one document
+per line, `*.parquet` one per row, anything else one per file), 'jsonl', 'parquet', 'tfds' and
+'seqio' (extras; see `dataset_readers.py`).
+
+Nothing is dropped silently: each unusable input (bad JSON, missing or non-string field, invalid
+UTF-8, empty or binary file, hidden path, unreadable Parquet) is counted in a `SourceReport` with
+its file and line. `iter_documents(source, report)` is the older string form ('stdlib' or a path).
 """
 
 from __future__ import annotations
 
-import ast
 import collections
 import dataclasses
-import gzip
-import json
+import itertools
+import math
 import os
 import pathlib
-import sysconfig
-import zlib
 from collections.abc import Iterator
-from pydoc_data.topics import topics as pydoc_topics
 from typing import Any
 
-from jaxpretrain.curate.document import Document
+from jaxpretrain.curate import dataset_readers, file_readers
+from jaxpretrain.curate.document import DOCUMENT_KINDS, Document
+from jaxpretrain.curate.file_readers import CODE_SUFFIXES  # noqa: F401 - re-exported
+from jaxpretrain.curate.stdlib_corpus import (  # noqa: F401 - re-exported
+    STDLIB_SOURCE,
+    iter_pydoc_topic_documents,
+    iter_stdlib_documents,
+    module_docstrings,
+    stdlib_root,
+)
 
-STDLIB_SOURCE = "stdlib"
-# Directories of the standard library that hold tests, test data or third-party packages.
-_STDLIB_EXCLUDED_DIRS = frozenset(
-    {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"}
-)
-_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
-# Files with these suffixes become `kind='code'` documents (cleaning keeps their whitespace).
-CODE_SUFFIXES = frozenset(
-    {".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".hpp", ".rs", ".go", ".java", ".js", ".ts"}
-    | {".sh", ".rb", ".jl", ".scala", ".kt", ".swift", ".lua", ".r", ".sql", ".toml", ".yaml"}
-)
+SOURCE_TYPES = ("stdlib", "files", "jsonl", "parquet", "tfds", "seqio")
+SOURCE_KINDS = ("auto", *DOCUMENT_KINDS)
+_PATH_TYPES = ("files", "jsonl", "parquet")
 # How many skipped inputs are listed one by one; all of them are always counted by reason.
 MAX_LISTED_SKIPS = 1_000
-# Bytes inspected for NUL to call a file binary (git's heuristic).
-_BINARY_SNIFF_BYTES = 8_192
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    """One raw text source. Construction validates every field (`validate_source_spec`).
+
+    Attributes:
+      name: the source's name: `Document.source`, the mixture key, the prefix of made-up ids.
+      type: one of SOURCE_TYPES.
+      path: a file, a directory (read recursively, sorted) or a glob (`data/web/*.jsonl.gz`,
+        `**` recurses); required for 'files', 'jsonl', 'parquet'; the TFDS data_dir for 'tfds'.
+      text_field / id_field: the record fields (JSONL keys, Parquet columns, TFDS/seqio features)
+        holding the text and the id; a record without an id gets `<name>:<file>:<line>`.
+      kind: 'auto' (code for code file extensions and stdlib modules, else text), 'text', 'code'.
+      weight: the source's weight in the data mixture (>= 0, see `mixture.py`).
+      tfds_name / tfds_split: dataset name (`lm1b`, `c4/en:3.1.0`) and split for type 'tfds'.
+      seqio_task / seqio_split: a registered seqio Task name and split for type 'seqio'.
+      max_documents: cap on documents yielded by `iter_source_documents`; -1 = all. Shards read
+        in parallel are not capped (the caller caps its merged stream).
+    """
+
+    name: str
+    type: str
+    path: str = ""
+    text_field: str = "text"
+    id_field: str = "id"
+    kind: str = "auto"
+    weight: float = 1.0
+    tfds_name: str = ""
+    tfds_split: str = "train"
+    seqio_task: str = ""
+    seqio_split: str = "train"
+    max_documents: int = -1
+
+    def __post_init__(self) -> None:
+        validate_source_spec(self)
+
+
+def validate_source_spec(spec: SourceSpec) -> None:
+    """Raises a one-sentence ValueError naming the first invalid field and its value."""
+
+    def fail(field: str, expected: str) -> None:
+        value = getattr(spec, field)
+        raise ValueError(f"Source {spec.name!r} has {field}={value!r}; {expected}.")
+
+    if not isinstance(spec.name, str) or not spec.name.strip():
+        fail("name", "give every source a non-empty name")
+    if spec.type not in SOURCE_TYPES:
+        fail("type", f"use one of {SOURCE_TYPES}")
+    if spec.kind not in SOURCE_KINDS:
+        fail("kind", f"use one of {SOURCE_KINDS}")
+    if spec.type in _PATH_TYPES and not spec.path:
+        fail("path", f"type {spec.type!r} needs a file, directory or glob pattern")
+    for field in ("text_field", "id_field"):
+        if not isinstance(getattr(spec, field), str) or not getattr(spec, field):
+            fail(field, "name the record field as a non-empty string")
+    if isinstance(spec.weight, bool) or not isinstance(spec.weight, int | float):
+        fail("weight", "use a finite number >= 0")
+    if not math.isfinite(spec.weight) or spec.weight < 0:
+        fail("weight", "use a finite number >= 0")
+    if spec.type == "tfds" and not spec.tfds_name:
+        fail("tfds_name", "type 'tfds' needs a dataset name such as 'lm1b'")
+    if spec.type == "seqio" and not spec.seqio_task:
+        fail("seqio_task", "type 'seqio' needs the name of a registered seqio Task")
+    if not isinstance(spec.max_documents, int) or spec.max_documents < -1:
+        fail("max_documents", "use -1 (all) or a count >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputShard:
+    """One independently readable piece of a source.
+
+    `location` is a file or directory path ('files', 'jsonl', 'parquet'), a TFDS split range
+    (`train[0:1024]`), a seqio `<split>:<i>/<n>`, or 'stdlib'. `index` is its position in
+    `list_input_shards`.
+    """
+
+    source: str
+    index: int
+    location: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,220 +165,176 @@ class SourceReport:
         }
 
 
-def iter_documents(source: str, report: SourceReport) -> Iterator[Document]:
-    """Yields the documents of `source` ('stdlib', a directory or a file) in a fixed order.
-
-    Every document has non-empty text. Skipped inputs are recorded in `report`, and
-    `report.documents` counts what was yielded.
+def check_source(spec: SourceSpec) -> None:
+    """Fails fast, before any work, when `spec` cannot be read.
 
     Raises:
-      FileNotFoundError: `source` is neither 'stdlib' nor an existing path.
+      ValueError: an invalid field (see `validate_source_spec`).
+      FileNotFoundError: the path does not exist, matches no file or holds no file; or TFDS has
+        no such dataset.
+      PermissionError: a file or directory named by the path cannot be read.
+      ImportError: a 'tfds' or 'seqio' source without its extra installed.
+      KeyError: the seqio task or split is not registered.
     """
-    if source == STDLIB_SOURCE:
-        documents = iter_stdlib_documents(report)
-    else:
-        path = pathlib.Path(source).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(
-                f"Data source {source!r} does not exist; pass 'stdlib' for the embedded corpus "
-                "or an existing directory or .txt/.md/.py/.jsonl/.jsonl.gz file."
+    validate_source_spec(spec)
+    if spec.type in _PATH_TYPES:
+        _, inputs = file_readers.expand_path(spec.path)
+        if not inputs:
+            missing = (
+                "matches no file" if file_readers.is_glob_pattern(spec.path) else ("does not exist")
             )
-        documents = iter_path_documents(path, report)
+            raise FileNotFoundError(
+                f"Source {spec.name!r}: path {spec.path!r} {missing}; fix the source's `path`."
+            )
+        for item in inputs:
+            if not os.access(item, os.R_OK | (os.X_OK if item.is_dir() else 0)):
+                raise PermissionError(
+                    f"Source {spec.name!r}: {str(item)!r} is not readable; fix its permissions."
+                )
+        if not list_input_shards(spec):
+            raise FileNotFoundError(
+                f"Source {spec.name!r}: path {spec.path!r} holds no file; fix the source's `path`."
+            )
+    elif spec.type == "tfds":
+        dataset_readers.tfds_builder(spec)
+    elif spec.type == "seqio":
+        dataset_readers.seqio_shard_locations(spec)
+
+
+def list_input_shards(spec: SourceSpec) -> list[InputShard]:
+    """The source's shards in a fixed order (the same on every machine and every call).
+
+    'files'/'jsonl'/'parquet': one per file, directories walked in sorted order (hidden entries
+    are listed too so that reading them records why they are skipped); 'tfds': one per stored
+    file shard as an index range; 'seqio': one per file shard of the task's source; 'stdlib': one.
+    """
+    if spec.type == "stdlib":
+        locations = [STDLIB_SOURCE]
+    elif spec.type == "tfds":
+        locations = dataset_readers.tfds_split_ranges(spec)
+    elif spec.type == "seqio":
+        locations = dataset_readers.seqio_shard_locations(spec)
+    else:
+        _, inputs = file_readers.expand_path(spec.path)
+        locations = []
+        for item in inputs:
+            if item.is_dir():
+                walked = file_readers.sorted_files(item, excluded_dirs=frozenset(), report=None)
+                locations.extend(str(path) for path in walked)
+            else:
+                locations.append(str(item))
+    return [InputShard(spec.name, index, location) for index, location in enumerate(locations)]
+
+
+def iter_shard_documents(
+    spec: SourceSpec, shard: InputShard, report: SourceReport
+) -> Iterator[Document]:
+    """Yields the documents of one shard in a fixed order; never raises for bad data.
+
+    Every document has non-empty text and `source == spec.name`; ids come from the record's
+    `spec.id_field` when present, else `<name>:<relative file>:<line>` (1-based line of JSONL,
+    row number of Parquet; a whole file is `<name>:<relative file>`). Unusable inputs are
+    recorded in `report` with file and line; `report.documents` counts what was yielded.
+    """
+    if spec.type == "stdlib":
+        documents = iter_stdlib_documents(report, source_name=spec.name)
+        if spec.kind != "auto":
+            documents = (document.replace(kind=spec.kind) for document in documents)
+    elif spec.type == "tfds":
+        documents = dataset_readers.iter_tfds_shard(spec, shard, report)
+    elif spec.type == "seqio":
+        documents = dataset_readers.iter_seqio_shard(spec, shard, report)
+    else:
+        documents = _iter_file_shard(spec, pathlib.Path(shard.location), report)
     for document in documents:
         report.documents += 1
         yield document
 
 
-def stdlib_root() -> pathlib.Path:
-    """Directory of the running interpreter's pure-Python standard library."""
-    return pathlib.Path(sysconfig.get_paths()["stdlib"])
+def iter_source_documents(spec: SourceSpec, report: SourceReport) -> Iterator[Document]:
+    """All shards of `spec` in order, at most `spec.max_documents` documents (-1 = all)."""
+    documents = itertools.chain.from_iterable(
+        iter_shard_documents(spec, shard, report) for shard in list_input_shards(spec)
+    )
+    if spec.max_documents >= 0:
+        documents = itertools.islice(documents, spec.max_documents)
+    yield from documents
 
 
-def iter_stdlib_documents(report: SourceReport) -> Iterator[Document]:
-    """The embedded corpus: for each stdlib module (sorted by path) its source code, then a
-    prose document of its docstrings; then one document per pydoc help topic.
+def _file_format(spec: SourceSpec, file_path: pathlib.Path) -> str | None:
+    """'jsonl', 'parquet' or 'text' for a file of `spec`, None if the type does not read it."""
+    name = file_path.name.lower()
+    by_suffix = (
+        "jsonl"
+        if name.endswith(file_readers.JSONL_SUFFIXES)
+        else "parquet"
+        if name.endswith(file_readers.PARQUET_SUFFIXES)
+        else "text"
+    )
+    if spec.type == "files":
+        return by_suffix
+    named_directly = pathlib.Path(spec.path).expanduser() == file_path
+    return spec.type if named_directly or by_suffix == spec.type else None
 
-    Ids: `stdlib:<relpath>`, `stdlib:<relpath>#docstrings`, `stdlib:pydoc_topics/<topic>`.
-    Test directories and site-packages are not part of the corpus.
+
+def _iter_file_shard(
+    spec: SourceSpec, file_path: pathlib.Path, report: SourceReport
+) -> Iterator[Document]:
+    named_directly = pathlib.Path(spec.path).expanduser() == file_path
+    reason = None if named_directly else file_readers.hidden_reason(file_path)
+    if reason is not None:
+        report.skip(file_path, None, reason)
+        return
+    file_format = _file_format(spec, file_path)
+    if file_format is None:
+        suffixes = {"jsonl": file_readers.JSONL_SUFFIXES, "parquet": file_readers.PARQUET_SUFFIXES}
+        report.skip(file_path, None, f"not a {spec.type} file ({', '.join(suffixes[spec.type])})")
+        return
+    root = _id_root(spec.path)
+    id_prefix = f"{spec.name}:{pathlib.Path(os.path.relpath(file_path, root)).as_posix()}"
+    if file_format == "text":
+        yield from file_readers.iter_text_file(file_path, id_prefix, spec.name, spec.kind, report)
+        return
+    read = (
+        file_readers.iter_jsonl_file if file_format == "jsonl" else (file_readers.iter_parquet_file)
+    )
+    yield from read(
+        file_path,
+        id_prefix,
+        spec.name,
+        spec.kind,
+        report,
+        text_field=spec.text_field,
+        id_field=spec.id_field,
+    )
+
+
+def _id_root(path: str) -> pathlib.Path:
+    """The directory ids are relative to: the directory itself, a file's parent, a glob's root."""
+    if file_readers.is_glob_pattern(path):
+        return file_readers.glob_root(path)
+    resolved = pathlib.Path(path).expanduser()
+    return resolved if resolved.is_dir() else resolved.parent
+
+
+def iter_documents(source: str, report: SourceReport) -> Iterator[Document]:
+    """Yields the documents of `source` ('stdlib', a directory or a file) in a fixed order.
+
+    The string form of a source: 'stdlib' is `SourceSpec("stdlib", "stdlib")`, a path is a
+    'files' source named after the path's last component. Every document has non-empty text.
+    Skipped inputs are recorded in `report`, and `report.documents` counts what was yielded.
+
+    Raises:
+      FileNotFoundError: `source` is neither 'stdlib' nor an existing path.
     """
-    root = stdlib_root()
-    for file_path in _sorted_files(root, excluded_dirs=_STDLIB_EXCLUDED_DIRS, report=report):
-        if file_path.suffix != ".py":
-            continue
-        relative = file_path.relative_to(root).as_posix()
-        text = _read_text_file(file_path, report)
-        if text is None:
-            continue
-        yield Document(f"{STDLIB_SOURCE}:{relative}", text, source=STDLIB_SOURCE, kind="code")
-        try:
-            docstrings = module_docstrings(text)
-        except (SyntaxError, ValueError) as error:
-            report.skip(file_path, getattr(error, "lineno", None), "python syntax error")
-            continue
-        if docstrings:
-            yield Document(
-                f"{STDLIB_SOURCE}:{relative}#docstrings", docstrings, source=STDLIB_SOURCE
+    if source == STDLIB_SOURCE:
+        spec = SourceSpec(name=STDLIB_SOURCE, type="stdlib")
+    else:
+        path = pathlib.Path(source).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"Data source {source!r} does not exist; pass 'stdlib' for the embedded corpus "
+                "or an existing directory or .txt/.md/.py/.jsonl/.jsonl.gz/.parquet file."
             )
-    yield from iter_pydoc_topic_documents()
-
-
-def iter_pydoc_topic_documents() -> Iterator[Document]:
-    """The interpreter's `help()` topics (language reference prose), one document per topic."""
-    for topic in sorted(pydoc_topics):
-        text = pydoc_topics[topic]
-        if text.strip():
-            yield Document(f"{STDLIB_SOURCE}:pydoc_topics/{topic}", text, source=STDLIB_SOURCE)
-
-
-def module_docstrings(source_code: str) -> str:
-    """The module, class and function docstrings of `source_code` as one prose document.
-
-    The module docstring comes first; each other docstring is introduced by a line with the
-    qualified name of what it documents. Returns '' when there are none.
-    Raises SyntaxError/ValueError when the code does not parse.
-    """
-    tree = ast.parse(source_code)
-    sections: list[str] = []
-    module_doc = ast.get_docstring(tree, clean=True)
-    if module_doc:
-        sections.append(module_doc)
-
-    def visit(node: ast.AST, prefix: str) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-                name = f"{prefix}{child.name}"
-                doc = ast.get_docstring(child, clean=True)
-                if doc:
-                    sections.append(f"{name}\n{doc}")
-                visit(child, f"{name}.")
-
-    visit(tree, "")
-    return "\n\n".join(sections) + "\n" if sections else ""
-
-
-def iter_path_documents(path: pathlib.Path, report: SourceReport) -> Iterator[Document]:
-    """Documents of a directory (recursively, sorted) or of one file.
-
-    Ids start with the directory's (or file's) name, which is also each document's `source`:
-    `<name>:<relpath>`, or `<name>:<relpath>:<line>` for a JSONL line without an `id` field.
-    """
-    source_name = path.name
-    if path.is_file():
-        yield from _iter_file_documents(path, source_name, path.name, report)
-        return
-    for file_path in _sorted_files(path, excluded_dirs=frozenset(), report=report):
-        relative = file_path.relative_to(path).as_posix()
-        yield from _iter_file_documents(file_path, source_name, relative, report)
-
-
-def _sorted_files(
-    root: pathlib.Path, *, excluded_dirs: frozenset[str], report: SourceReport
-) -> Iterator[pathlib.Path]:
-    """Regular files under `root` in sorted order; hidden entries are reported, not read."""
-    for directory, dir_names, file_names in os.walk(root):
-        kept_dirs = []
-        for name in sorted(dir_names):
-            if name in excluded_dirs:
-                continue
-            if name.startswith("."):
-                # One record for the whole hidden directory (.git holds thousands of files).
-                report.skip(pathlib.Path(directory, name), None, "hidden directory")
-                continue
-            kept_dirs.append(name)
-        dir_names[:] = kept_dirs  # os.walk descends only into these, in this order.
-        for name in sorted(file_names):
-            file_path = pathlib.Path(directory, name)
-            if name.startswith("."):
-                report.skip(file_path, None, "hidden file")
-            elif not file_path.is_file():
-                report.skip(file_path, None, "not a regular file")
-            else:
-                yield file_path
-
-
-def _iter_file_documents(
-    file_path: pathlib.Path, source_name: str, relative: str, report: SourceReport
-) -> Iterator[Document]:
-    if file_path.name.endswith(_JSONL_SUFFIXES):
-        yield from _iter_jsonl_documents(file_path, source_name, relative, report)
-        return
-    text = _read_text_file(file_path, report)
-    if text is not None:
-        kind = "code" if file_path.suffix.lower() in CODE_SUFFIXES else "text"
-        yield Document(f"{source_name}:{relative}", text, source=source_name, kind=kind)
-
-
-def _read_text_file(file_path: pathlib.Path, report: SourceReport) -> str | None:
-    """The file's UTF-8 text, or None after recording why it cannot be a document."""
-    try:
-        data = file_path.read_bytes()
-    except OSError as error:
-        report.skip(file_path, None, f"unreadable file ({error.strerror})")
-        return None
-    if b"\0" in data[:_BINARY_SNIFF_BYTES]:
-        report.skip(file_path, None, "binary file")
-        return None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        report.skip(file_path, None, "invalid UTF-8")
-        return None
-    if not text.strip():
-        report.skip(file_path, None, "empty file")
-        return None
-    return text
-
-
-def _iter_jsonl_documents(
-    file_path: pathlib.Path, source_name: str, relative: str, report: SourceReport
-) -> Iterator[Document]:
-    """One document per JSON line with a non-empty string `text`; id from `id` when present."""
-    opener = gzip.open if file_path.name.endswith(".gz") else open
-    line_number = 0
-    try:
-        with opener(file_path, "rb") as lines:
-            for line_number, raw_line in enumerate(lines, start=1):
-                document = _parse_jsonl_line(raw_line, file_path, line_number, report)
-                if document is not None:
-                    record_id, text = document
-                    doc_id = record_id or f"{source_name}:{relative}:{line_number}"
-                    yield Document(doc_id, text, source=source_name)
-    except (OSError, EOFError, zlib.error) as error:
-        # A truncated or corrupt gzip stream: the lines read so far stay, the rest is reported.
-        report.skip(file_path, line_number + 1, f"unreadable from here on ({type(error).__name__})")
-    if line_number == 0:
-        report.skip(file_path, None, "empty file")
-
-
-def _parse_jsonl_line(
-    raw_line: bytes, file_path: pathlib.Path, line_number: int, report: SourceReport
-) -> tuple[str | None, str] | None:
-    """(id or None, text) of one JSONL line, or None after recording why it is unusable."""
-    try:
-        line = raw_line.decode("utf-8")
-    except UnicodeDecodeError:
-        report.skip(file_path, line_number, "invalid UTF-8")
-        return None
-    if not line.strip():
-        report.skip(file_path, line_number, "blank line")
-        return None
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        report.skip(file_path, line_number, "malformed JSON")
-        return None
-    if not isinstance(record, dict):
-        report.skip(file_path, line_number, "JSON line is not an object")
-        return None
-    text = record.get("text")
-    if text is None:
-        report.skip(file_path, line_number, "missing 'text' field")
-        return None
-    if not isinstance(text, str):
-        report.skip(file_path, line_number, "'text' field is not a string")
-        return None
-    if not text.strip():
-        report.skip(file_path, line_number, "empty text")
-        return None
-    record_id = record.get("id")
-    return (str(record_id) if record_id not in (None, "") else None), text
+        spec = SourceSpec(name=path.name, type="files", path=str(path))
+    yield from iter_source_documents(spec, report)

@@ -2,22 +2,26 @@
 
 A prepared directory holds
 
-    manifest.json                              written last: its presence means "finished"
-    tokenizer.model                            SentencePiece model (path relative to the dir)
-    train-00000-of-00004.array_record ...      one record per document: its token ids as
-    validation-00000-of-00001.array_record     little-endian int32 bytes, no BOS/EOS added
+    manifest.json                                 written last: its presence means "finished"
+    tokenizer.model                               SentencePiece model (path relative to the dir)
+    <source>/train-00000-of-00004.array_record    one record per document: its token ids as
+    <source>/validation-00000-of-00001.array_record   little-endian int32, no BOS/EOS added
 
-`manifest.json` (format_version 1):
+`manifest.json` (format_version 2; version 1 is still read, as one source):
 
-    {"format_version": 1,
+    {"format_version": 2,
      "tokenizer": "tokenizer.model", "vocab_size": 4096,
      "special_ids": {"pad": 0, "bos": 2, "eos": 1, "unk": 3, "mask": 4, "sentinels": [5, ...]},
      "token_dtype": "<i4",
-     "sources": [{"name": "stdlib", "weight": 1.0, "documents": 1234}],
-     "splits": {"train": {"shards": [{"file": "train-00000-of-00004.array_record",
-                                      "documents": 300, "tokens": 1000000}, ...]},
+     "sources": [{"name": "web", "weight": 0.45, "documents": 1234, "tokens": 5678}, ...],
+     "splits": {"train": {"shards": [{"file": "web/train-00000-of-00004.array_record",
+                                      "source": "web", "documents": 300, "tokens": 1000000},
+                                     ...]},
                 "validation": {...}},
-     "report": {...}}             # free-form curation report: options, timings, skipped inputs
+     "report": {...}}             # summary of the curation report (report.json has it all)
+
+`weight` is the source's sampling probability in the training mixture (they sum to 1); the
+loader mixes the train shards of each source by it.
 
 This module reads and writes that file; it never imports curate/.
 """
@@ -34,18 +38,22 @@ from etils import epath
 
 from jaxpretrain.tokenizer import SpecialIds
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Versions this code reads; version 1 has no per-shard source (all shards are one source).
+READABLE_VERSIONS = (1, 2)
 MANIFEST_FILENAME = "manifest.json"
 TOKEN_DTYPE = "<i4"  # numpy dtype string: little-endian int32
 
 
 @dataclasses.dataclass(frozen=True)
 class ShardInfo:
-    """One ArrayRecord shard; `file` is relative to the data directory."""
+    """One ArrayRecord shard; `file` is relative to the data directory, `source` names the
+    source its documents come from."""
 
     file: str
     documents: int
     tokens: int
+    source: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,10 +100,27 @@ class Manifest:
             )
         return self.splits[name]
 
-    def shard_paths(self, split: str) -> list[str]:
-        """Full paths of the shards of `split`, in order."""
+    def shard_paths(self, split: str, source: str | None = None) -> list[str]:
+        """Full paths of the shards of `split` (only those of `source` if given), in order."""
         data_dir = epath.Path(self.data_dir)
-        return [str(data_dir / shard.file) for shard in self.split(split).shards]
+        return [
+            str(data_dir / shard.file)
+            for shard in self.split(split).shards
+            if source is None or shard.source == source
+        ]
+
+    def source_weights(self, split: str = "train") -> dict[str, float]:
+        """{source: sampling probability} over the sources with documents in `split`, in
+        manifest order, normalised to sum to 1 (a source without a weight counts 1.0)."""
+        documents: dict[str, int] = {}
+        for shard in self.split(split).shards:
+            documents[shard.source] = documents.get(shard.source, 0) + shard.documents
+        declared = {str(s["name"]): float(s.get("weight", 1.0)) for s in self.sources}
+        weights = {name: declared.get(name, 1.0) for name, count in documents.items() if count > 0}
+        total = sum(weights.values())
+        if not weights or total <= 0:
+            return {name: 1.0 / len(weights) for name in weights} if weights else {}
+        return {name: weight / total for name, weight in weights.items()}
 
     @property
     def manifest_path(self) -> str:
@@ -111,11 +136,20 @@ class Manifest:
             "token_dtype": self.token_dtype,
             "sources": [dict(source) for source in self.sources],
             "splits": {
-                name: {"shards": [dataclasses.asdict(shard) for shard in split.shards]}
+                name: {"shards": [_shard_json(shard) for shard in split.shards]}
                 for name, split in self.splits.items()
             },
             "report": dict(self.report),
         }
+
+
+def _shard_json(shard: ShardInfo) -> dict[str, Any]:
+    return {
+        "file": shard.file,
+        "source": shard.source,
+        "documents": shard.documents,
+        "tokens": shard.tokens,
+    }
 
 
 def write_manifest(manifest: Manifest) -> str:
@@ -153,19 +187,22 @@ def read_manifest(data_dir: str | os.PathLike) -> Manifest:
     if not isinstance(content, dict):
         raise ValueError(f"{path} is not a JSON object; delete it and prepare the data again.")
     version = content.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ValueError(
-            f"{path} has format_version={version!r} but this code reads version "
-            f"{FORMAT_VERSION}; prepare the data again with this version of jaxpretrain."
+            f"{path} has format_version={version!r} but this code reads versions "
+            f"{list(READABLE_VERSIONS)}; prepare the data again with this version of jaxpretrain."
         )
     try:
+        sources = tuple(content.get("sources", ()))
+        # Version 1 shards carry no source: they all belong to its single source.
+        default_source = str(sources[0]["name"]) if len(sources) == 1 else ""
         manifest = Manifest(
             data_dir=str(data_dir),
             tokenizer_file=str(content["tokenizer"]),
             vocab_size=int(content["vocab_size"]),
             special_ids=SpecialIds.from_json(content["special_ids"]),
             token_dtype=str(content["token_dtype"]),
-            sources=tuple(content.get("sources", ())),
+            sources=sources,
             splits={
                 name: SplitInfo(
                     shards=tuple(
@@ -173,6 +210,7 @@ def read_manifest(data_dir: str | os.PathLike) -> Manifest:
                             file=str(shard["file"]),
                             documents=int(shard["documents"]),
                             tokens=int(shard["tokens"]),
+                            source=str(shard.get("source", default_source)),
                         )
                         for shard in split["shards"]
                     )

@@ -1,6 +1,7 @@
 """Online input pipeline (grain): prepared shards → objective examples → packed rows → batches.
 
-    ArrayRecord shards ─► documents of this process (index::count) ─► shuffle per epoch, repeat
+    ArrayRecord shards ─► documents of this process (index::count), per source
+      ─► shuffle per epoch, repeat ─► mix sources by the manifest's weights (MapDataset.mix)
       ─► int32 tokens ─► examples_fn (the objective's transform) ─► flatten
       ─► first-fit packing into rows of seq_len ─► batch [batch_size_per_process, seq_len]
 
@@ -87,22 +88,35 @@ def make_train_iterator(
     process_index, process_count = _process_slot(process_index, process_count)
     _check_sizes(seq_len, batch_size_per_process)
     source = _open_split(manifest, split)
-    document_indices = grain.MapDataset.range(len(source))[process_index::process_count]
-    documents_per_epoch = len(document_indices)
+    per_source = {
+        name: indices[process_index::process_count]
+        for name, indices in _source_document_indices(manifest, split).items()
+    }
+    weights = {
+        name: weight
+        for name, weight in manifest.source_weights(split).items()
+        if weight > 0 and len(per_source.get(name, ())) > 0
+    }
+    documents_per_epoch = sum(len(per_source[name]) for name in weights)
     if documents_per_epoch == 0:
         raise ValueError(
             f"Process {process_index} of {process_count} gets no documents of split {split!r} "
             f"({len(source)} in {manifest.manifest_path}); prepare more data or use fewer "
             "processes."
         )
-    examples = (
-        document_indices.shuffle(seed)
-        .repeat(None)  # Endless; ShuffleMapDataset reshuffles every epoch with seed + epoch.
-        .map_with_index(
-            _DocumentToExamples(source, examples_fn, seq_len, seed, documents_per_epoch)
-        )
-        .to_iter_dataset(_read_options(read_threads))
-    )
+    # Endless streams; ShuffleMapDataset reshuffles every epoch with seed + epoch.
+    streams = [
+        per_source[name].shuffle(seed + rank).repeat(None) for rank, name in enumerate(weights)
+    ]
+    if len(streams) == 1:
+        document_stream = streams[0]
+    else:
+        # Deterministic interleaving in proportion to the weights; index-addressable, so the
+        # iterator state stays one position and a restore needs no replay.
+        document_stream = grain.MapDataset.mix(streams, list(weights.values()))
+    examples = document_stream.map_with_index(
+        _DocumentToExamples(source, examples_fn, seq_len, seed, documents_per_epoch)
+    ).to_iter_dataset(_read_options(read_threads))
     flat_examples = _FlattenIterDataset(examples, max_consecutive_empty=documents_per_epoch)
     if shuffle_window > 1:
         flat_examples = grain.experimental.WindowShuffleIterDataset(
@@ -208,6 +222,31 @@ def _check_sizes(seq_len: int, batch_size_per_process: int) -> None:
             f"seq_len={seq_len} and batch_size_per_process={batch_size_per_process} must both "
             "be at least 1."
         )
+
+
+def _source_document_indices(manifest: Manifest, split: str) -> dict[str, grain.MapDataset]:
+    """{source: dataset of its document indices in the split's concatenated shards}, in shard
+    order (shards of one source are contiguous in manifests written by curate/)."""
+    ranges: dict[str, list[tuple[int, int]]] = {}
+    start = 0
+    for shard in manifest.split(split).shards:
+        if shard.documents:
+            ranges.setdefault(shard.source, []).append((start, start + shard.documents))
+        start += shard.documents
+    datasets = {}
+    for name, spans in ranges.items():
+        merged = [list(spans[0])]
+        for begin, end in spans[1:]:
+            if begin == merged[-1][1]:
+                merged[-1][1] = end
+            else:
+                merged.append([begin, end])
+        if len(merged) == 1:
+            datasets[name] = grain.MapDataset.range(merged[0][0], merged[0][1])
+        else:
+            indices = np.concatenate([np.arange(begin, end) for begin, end in merged])
+            datasets[name] = grain.MapDataset.source(indices)
+    return datasets
 
 
 def _open_split(manifest: Manifest, split: str) -> grain.sources.ArrayRecordDataSource:

@@ -25,6 +25,7 @@ from jaxpretrain.curate.filters.fineweb import FineWebQuality
 from jaxpretrain.curate.filters.gopher import GopherQuality, GopherRepetition
 from jaxpretrain.curate.filters.language import LanguageFilter
 from jaxpretrain.curate.filters.length import LengthFilter
+from jaxpretrain.curate.filters.perplexity import PerplexityFilter
 
 __all__ = [
     "BlocklistFilter",
@@ -36,6 +37,7 @@ __all__ = [
     "GopherRepetition",
     "LanguageFilter",
     "LengthFilter",
+    "PerplexityFilter",
     "Scores",
     "apply_filters",
     "decide",

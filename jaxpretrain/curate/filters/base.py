@@ -55,6 +55,10 @@ class Filter(abc.ABC):
     def keep(self, scores: Mapping[str, float]) -> tuple[bool, str | None]:
         """(True, None) if scores pass every threshold, else (False, '<name>:<failed rule>')."""
 
+    def score_batch(self, docs: Sequence[Document]) -> list[Scores]:
+        """`score` of each of `docs`, in order; filters that batch (a model) override this."""
+        return [self.score(doc) for doc in docs]
+
     def apply(self, doc: Document) -> FilterResult:
         """Scores `doc` and decides; subclasses that rewrite text override this."""
         scores = self.score(doc)
