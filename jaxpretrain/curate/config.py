@@ -32,6 +32,10 @@ Keys (defaults in brackets, sources of the defaults in the comments next to each
   output.examples_per_reason: removed documents quoted in report.json per removal reason.
   executor.name: 'local' (multiprocess, resumable) or 'beam' (see docs/scale_out.md).
   executor.workers: worker processes of the local executor; 0 = all cores, 1 = in process.
+  executor.beam_options: Beam pipeline flags as one string, e.g. '--runner=DataflowRunner
+    --project=P --region=R --temp_location=gs://B/tmp' [DirectRunner].
+  executor.beam_work_dir: where Beam workers write intermediate files [OUTPUT/.work/beam].
+  executor.components_max_rounds: large-star/small-star rounds before the Beam dedup gives up.
 """
 
 from __future__ import annotations
@@ -135,7 +139,15 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.output = ml_collections.ConfigDict(
         {"shards_per_source": 4, "validation_shards_per_source": 1, "examples_per_reason": 3}
     )
-    c.executor = ml_collections.ConfigDict({"name": "local", "workers": 0})
+    c.executor = ml_collections.ConfigDict(
+        {
+            "name": "local",
+            "workers": 0,
+            "beam_options": "",
+            "beam_work_dir": "",
+            "components_max_rounds": 24,
+        }
+    )
     return c
 
 

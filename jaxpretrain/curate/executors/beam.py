@@ -45,7 +45,7 @@ from jaxpretrain.curate import config as config_lib
 from jaxpretrain.curate import report as report_lib
 from jaxpretrain.curate import sources, stages
 from jaxpretrain.curate.dedup.clusters import DedupResult
-from jaxpretrain.curate.dedup.components import DEFAULT_MAX_ROUNDS, ConnectedComponents
+from jaxpretrain.curate.dedup.components import ConnectedComponents
 from jaxpretrain.curate.document import Document
 
 WORK_DIR_NAME = ".work"
@@ -260,7 +260,7 @@ def _minhash_dedup(
             _COUNTERS, main="edges"
         )
     )
-    max_rounds = int(cfg.executor.get("components_max_rounds", DEFAULT_MAX_ROUNDS))
+    max_rounds = int(cfg.executor.components_max_rounds)
     representatives = edges.edges | "MinHash/Components" >> ConnectedComponents(
         max_rounds=max_rounds
     )
@@ -414,10 +414,10 @@ def run_beam(
     config_lib.validate_data_config(cfg)
     units = stages.list_work_units(cfg)  # raises for a missing source before any work
     if pipeline_options is None:
-        pipeline_options = shlex.split(str(cfg.executor.get("beam_options", "") or ""))
+        pipeline_options = shlex.split(cfg.executor.beam_options)
     work_dir = (
         work_dir
-        or str(cfg.executor.get("beam_work_dir", "") or "")
+        or cfg.executor.beam_work_dir
         or os.path.join(str(output_dir), WORK_DIR_NAME, "beam")
     )
     _delete_work_outputs(work_dir)  # an earlier run's files would be read back as ours
