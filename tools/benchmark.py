@@ -158,6 +158,37 @@ def benchmark_data(num_documents: int) -> list[tuple[str, float, float]]:
     rows.append(
         ("MinHash signatures, datasketch update_batch", *_rate(datasketch_signatures, docs))
     )
+    rows.extend(benchmark_pipeline())
+    return rows
+
+
+def benchmark_pipeline() -> list[tuple[str, float, float]]:
+    """The whole local pipeline on the stdlib corpus in one worker process (per-core figures).
+
+    Two settings: configs/data/stdlib.py (clean + exact dedup + tokenize), and the same source
+    through the default web chain (all quality filters, exact + MinHash dedup).
+    """
+    import tempfile
+
+    from jaxpretrain.curate import config as data_config
+    from jaxpretrain.curate import prepare, sources
+
+    report = sources.SourceReport(source="stdlib")
+    megabytes = sum(len(d.text.encode()) for d in sources.iter_documents("stdlib", report)) / 1e6
+    rows = []
+    for name, full_chain in (("stdlib config", False), ("default web chain + MinHash", True)):
+        cfg = data_config.default_data_config()
+        cfg.sources = [data_config.source_config(name="stdlib", type="stdlib")]
+        cfg.executor.workers = 1
+        if not full_chain:
+            cfg.filters.chain, cfg.filters.code_chain = (), ()
+            cfg.dedup.minhash.enabled = False
+        with tempfile.TemporaryDirectory() as output_dir:
+            start = time.perf_counter()
+            prepare.prepare_from_config(cfg, output_dir, progress=False)
+            seconds = time.perf_counter() - start
+        label = f"whole pipeline, {name} ({report.documents} stdlib documents, incl. tokenizer)"
+        rows.append((label, report.documents / seconds, megabytes / seconds))
     return rows
 
 
