@@ -96,6 +96,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.dir = ""  # prepared data (manifest.json + shards); empty: WORKDIR/data
     c.data.source = "stdlib"  # used only when data.dir has no prepared data
+    # A data config file (configs/data/*.py) to prepare with instead of data.source, e.g. a
+    # curated mixture; its tokenizer and split settings then apply, not data.vocab_size.
+    c.data.curation = ""
     c.data.vocab_size = 4096  # tokenizer trained by the prepare step
     c.data.validation_fraction = 0.05
     c.data.max_documents = -1  # cap on source documents for prepare; -1 = all

@@ -7,6 +7,7 @@ build abstract shapes without allocating parameters: how the 7B config is checke
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -35,15 +36,33 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(f"error: {error}")
 
 
+def load_config_file(path: str):
+    """`get_config()` of a Python config file (how configs/*.py are written)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config key data.curation={path!r}: no such file.")
+    spec = importlib.util.spec_from_file_location("data_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def ensure_prepared_data(config, workdir: str) -> str:
-    """Runs the prepare step when the configured data directory has no finished manifest."""
+    """Runs curation when the configured data directory has no finished manifest.
+
+    With `data.curation` set, the data config file it names drives curation; otherwise the one
+    source `data.source` is cleaned, exact-deduplicated and tokenized.
+    """
     from jaxpretrain import config as config_lib
+    from jaxpretrain.curate import prepare
     from jaxpretrain.data import manifest as manifest_lib
 
     data_dir = config_lib.data_dir(config, workdir)
-    if not manifest_lib.is_prepared(data_dir):
-        from jaxpretrain.curate import prepare
-
+    if manifest_lib.is_prepared(data_dir):
+        return data_dir
+    if config.data.curation:
+        logging.info("no prepared data in %s: curating with %s", data_dir, config.data.curation)
+        prepare.prepare_from_config(load_config_file(config.data.curation), data_dir)
+    else:
         logging.info("no prepared data in %s: preparing from %r", data_dir, config.data.source)
         prepare.prepare(
             data_dir,

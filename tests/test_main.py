@@ -7,6 +7,7 @@ import random
 import string
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -105,3 +106,37 @@ def test_bad_input_is_one_clear_line(tiny, override, message):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_data_curation_config_drives_the_automatic_prepare(tmp_path):
+    from jaxpretrain import config as config_lib
+    from jaxpretrain import main
+    from jaxpretrain.data import manifest as manifest_lib
+
+    (tmp_path / "corpus").mkdir()
+    rng = random.Random(1)
+    for i in range(8):
+        words = (
+            "".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 8))) for _ in range(400)
+        )
+        (tmp_path / "corpus" / f"d{i}.txt").write_text(" ".join(words))
+    corpus = str(tmp_path / "corpus")
+    (tmp_path / "curation.py").write_text(
+        textwrap.dedent(f"""
+            from jaxpretrain.curate import config as data_config
+
+            def get_config():
+                c = data_config.default_data_config()
+                c.sources = [data_config.source_config(name="mine", type="files", path={corpus!r})]
+                c.filters.chain = ()
+                c.dedup.minhash.enabled = False
+                c.tokenizer.vocab_size = 430
+                return c
+        """)
+    )
+    config = config_lib.default_config()
+    config.data.curation = str(tmp_path / "curation.py")
+    data_dir = main.ensure_prepared_data(config, str(tmp_path / "run"))
+    manifest = manifest_lib.read_manifest(data_dir)
+    assert manifest.vocab_size == 430
+    assert {shard.source for shard in manifest.split("train").shards} == {"mine"}
