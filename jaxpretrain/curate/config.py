@@ -42,19 +42,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 
 import ml_collections
 
+from jaxpretrain.curate import sources
 from jaxpretrain.curate.clean import CleanConfig
 from jaxpretrain.curate.dedup.minhash import MinHashConfig
 
-SOURCE_TYPES = ("stdlib", "files", "jsonl", "parquet", "tfds", "seqio")
-SOURCE_KINDS = ("auto", "text", "code")
 MIXTURE_MODES = ("weights", "temperature")
 EXECUTORS = ("local", "beam")
-# Source names become directory names of the output shards.
-_SOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 # Prose quality chain for web text (FineWeb's order: language, Gopher repetition and quality, C4,
 # FineWeb's own rules), after a cheap length floor so empty leftovers never reach langid.
@@ -69,19 +65,15 @@ DEFAULT_FILTER_CHAIN = (
 # Code has no sentences, stop words or end marks: only the length floor applies.
 DEFAULT_CODE_FILTER_CHAIN = ("length",)
 
+# A source ConfigDict has exactly the fields of `sources.SourceSpec`, with these defaults.
 _SOURCE_FIELDS = {
     "name": "",
     "type": "jsonl",
-    "path": "",
-    "text_field": "text",
-    "id_field": "id",
-    "kind": "auto",
-    "weight": 1.0,
-    "tfds_name": "",
-    "tfds_split": "train",
-    "seqio_task": "",
-    "seqio_split": "train",
-    "max_documents": -1,
+    **{
+        field.name: field.default
+        for field in dataclasses.fields(sources.SourceSpec)
+        if field.default is not dataclasses.MISSING
+    },
 }
 
 
@@ -93,11 +85,6 @@ def source_config(**fields) -> ml_collections.ConfigDict:
             f"Unknown source fields {unknown}; valid fields are {list(_SOURCE_FIELDS)}."
         )
     return ml_collections.ConfigDict({**_SOURCE_FIELDS, **fields})
-
-
-def is_valid_source_name(name: str) -> bool:
-    """Whether `name` can name a source (it becomes a directory name of the output shards)."""
-    return bool(_SOURCE_NAME_RE.match(name))
 
 
 def source_fields() -> tuple[str, ...]:
@@ -171,21 +158,11 @@ def validate_data_config(cfg: ml_collections.ConfigDict) -> None:
         fields = set(source.keys()) if hasattr(source, "keys") else set()
         if fields != set(_SOURCE_FIELDS):
             _fail(key, sorted(fields), f"must have exactly the fields {list(_SOURCE_FIELDS)}")
-        if not _SOURCE_NAME_RE.match(str(source.name)):
-            _fail(f"{key}.name", source.name, "must be letters, digits, '_', '.' or '-'")
+        try:
+            sources.SourceSpec(**source.to_dict())
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"Data config key {key}: {error}") from None
         names.append(source.name)
-        if source.type not in SOURCE_TYPES:
-            _fail(f"{key}.type", source.type, f"is not one of {SOURCE_TYPES}")
-        if source.type in ("files", "jsonl", "parquet") and not source.path:
-            _fail(f"{key}.path", source.path, "is empty; point it at a file or directory")
-        if source.type == "tfds" and not source.tfds_name:
-            _fail(f"{key}.tfds_name", source.tfds_name, "is empty for a 'tfds' source")
-        if source.type == "seqio" and not source.seqio_task:
-            _fail(f"{key}.seqio_task", source.seqio_task, "is empty for a 'seqio' source")
-        if source.kind not in SOURCE_KINDS:
-            _fail(f"{key}.kind", source.kind, f"is not one of {SOURCE_KINDS}")
-        if not float(source.weight) >= 0:
-            _fail(f"{key}.weight", source.weight, "must be >= 0 (0: curated but never sampled)")
     if not sum(float(source.weight) for source in cfg.sources) > 0:
         _fail("sources[*].weight", [s.weight for s in cfg.sources], "are all 0; give one a weight")
     duplicates = sorted({name for name in names if names.count(name) > 1})

@@ -13,8 +13,8 @@ The format written is defined in `jaxpretrain/data/manifest.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import pathlib
 
 import ml_collections
 
@@ -63,19 +63,9 @@ def config_for_source(
     a curated mixture.
     """
     cfg = config_lib.default_data_config()
-    if source == sources.STDLIB_SOURCE:
-        spec = config_lib.source_config(name="stdlib", type="stdlib", max_documents=max_documents)
-    else:
-        path = pathlib.Path(source).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(
-                f"Data source {source!r} does not exist; pass 'stdlib' for the embedded corpus "
-                "or an existing directory or .txt/.md/.py/.jsonl/.jsonl.gz/.parquet file."
-            )
-        name = path.name if config_lib.is_valid_source_name(path.name) else "files"
-        spec = config_lib.source_config(
-            name=name, type="files", path=str(path), max_documents=max_documents
-        )
+    spec = config_lib.source_config(
+        **dataclasses.asdict(sources.spec_for(source, max_documents=max_documents))
+    )
     cfg.sources = [spec]
     cfg.filters.chain = ()
     cfg.filters.code_chain = ()

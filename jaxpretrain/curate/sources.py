@@ -25,6 +25,7 @@ import itertools
 import math
 import os
 import pathlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,6 +41,8 @@ from jaxpretrain.curate.stdlib_corpus import (  # noqa: F401 - re-exported
 )
 
 SOURCE_TYPES = ("stdlib", "files", "jsonl", "parquet", "tfds", "seqio")
+# Source names become directory names of the output shards.
+_SOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SOURCE_KINDS = ("auto", *DOCUMENT_KINDS)
 _PATH_TYPES = ("files", "jsonl", "parquet")
 # How many skipped inputs are listed one by one; all of them are always counted by reason.
@@ -82,6 +85,29 @@ class SourceSpec:
         validate_source_spec(self)
 
 
+def is_valid_source_name(name: str) -> bool:
+    """Whether `name` can name a source (it becomes a directory name of the output shards)."""
+    return isinstance(name, str) and bool(_SOURCE_NAME_RE.match(name))
+
+
+def spec_for(source: str, max_documents: int = -1) -> SourceSpec:
+    """The spec that reads `source`: 'stdlib' (the embedded corpus) or an existing path.
+
+    Raises:
+      FileNotFoundError: `source` is neither 'stdlib' nor an existing path.
+    """
+    if source == STDLIB_SOURCE:
+        return SourceSpec(name=STDLIB_SOURCE, type="stdlib", max_documents=max_documents)
+    path = pathlib.Path(source).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Data source {source!r} does not exist; pass 'stdlib' for the embedded corpus "
+            "or an existing directory or .txt/.md/.py/.jsonl/.jsonl.gz/.parquet file."
+        )
+    name = path.name if is_valid_source_name(path.name) else "files"
+    return SourceSpec(name=name, type="files", path=str(path), max_documents=max_documents)
+
+
 def validate_source_spec(spec: SourceSpec) -> None:
     """Raises a one-sentence ValueError naming the first invalid field and its value."""
 
@@ -89,8 +115,8 @@ def validate_source_spec(spec: SourceSpec) -> None:
         value = getattr(spec, field)
         raise ValueError(f"Source {spec.name!r} has {field}={value!r}; {expected}.")
 
-    if not isinstance(spec.name, str) or not spec.name.strip():
-        fail("name", "give every source a non-empty name")
+    if not is_valid_source_name(spec.name):
+        fail("name", "use letters, digits, '_', '.' or '-' (it names the output directory)")
     if spec.type not in SOURCE_TYPES:
         fail("type", f"use one of {SOURCE_TYPES}")
     if spec.kind not in SOURCE_KINDS:
@@ -327,14 +353,5 @@ def iter_documents(source: str, report: SourceReport) -> Iterator[Document]:
     Raises:
       FileNotFoundError: `source` is neither 'stdlib' nor an existing path.
     """
-    if source == STDLIB_SOURCE:
-        spec = SourceSpec(name=STDLIB_SOURCE, type="stdlib")
-    else:
-        path = pathlib.Path(source).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(
-                f"Data source {source!r} does not exist; pass 'stdlib' for the embedded corpus "
-                "or an existing directory or .txt/.md/.py/.jsonl/.jsonl.gz/.parquet file."
-            )
-        spec = SourceSpec(name=path.name, type="files", path=str(path))
+    spec = spec_for(source)
     yield from iter_source_documents(spec, report)
