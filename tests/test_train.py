@@ -12,6 +12,7 @@ import pytest
 from flax import linen as nn
 
 from jaxpretrain import config as config_lib
+from jaxpretrain import state as state_lib
 from jaxpretrain import train
 from jaxpretrain.curate import prepare
 
@@ -118,7 +119,7 @@ def test_sharded_training_equals_single_device(data_dir, tmp_path, single_device
 def test_evaluate_matches_a_numpy_reference(data_dir, tmp_path):
     config = tiny_config(data_dir)
     exp = train.build_experiment(config, str(tmp_path))
-    state = train.init_state(exp.model_config, exp.tx, exp.layout, seed=0)
+    state = state_lib.init_state(exp.model_config, exp.tx, exp.layout, seed=0)
     eval_step = train.make_eval_step(exp.layout, exp.objective, exp.batch_sharding)
     batches = list(exp.eval_batches())
     metrics = train.evaluate(

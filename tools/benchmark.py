@@ -25,6 +25,7 @@ from ml_collections import config_flags
 from jaxpretrain import config as config_lib
 from jaxpretrain import flops, objectives, optim, train
 from jaxpretrain import mesh as mesh_lib
+from jaxpretrain import state as state_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
@@ -51,9 +52,9 @@ def benchmark_train(config) -> dict[str, float]:
     mesh = mesh_lib.make_mesh(mesh_shape)
     rules = tuple(tuple(rule) for rule in config.mesh.rules)
     vocab_size = config.model.vocab_size if config.model.vocab_size > 0 else config.data.vocab_size
-    model_cfg = train.model_config(config, vocab_size)
+    model_cfg = state_lib.model_config(config, vocab_size)
     tx = optim.make_optimizer(config.train)
-    layout = train.state_layout(model_cfg, tx, mesh, rules)
+    layout = state_lib.state_layout(model_cfg, tx, mesh, rules)
     batch_sharding = mesh_lib.batch_sharding(mesh, rules)
     step_fn = train.make_train_step(
         layout,
@@ -62,7 +63,7 @@ def benchmark_train(config) -> dict[str, float]:
         optim.learning_rate_schedule(config.train),
         batch_sharding,
     )
-    state = train.init_state(model_cfg, tx, layout, config.train.seed)
+    state = state_lib.init_state(model_cfg, tx, layout, config.train.seed)
     batch = synthetic_batch(config.train.batch_size, config.train.seq_len, vocab_size, 0)
     batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
 

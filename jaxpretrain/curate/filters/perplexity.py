@@ -110,9 +110,10 @@ def _load_scorer_cached(workdir: str, max_tokens: int, batch_size: int) -> Langu
     import optax
     from flax import nnx
 
-    from jaxpretrain import checkpoint, optim, train
+    from jaxpretrain import checkpoint, optim
     from jaxpretrain import config as config_lib
     from jaxpretrain import mesh as mesh_lib
+    from jaxpretrain import state as state_lib
     from jaxpretrain.data import manifest as manifest_lib
     from jaxpretrain.tokenizer import Tokenizer
 
@@ -126,7 +127,7 @@ def _load_scorer_cached(workdir: str, max_tokens: int, batch_size: int) -> Langu
         config = ml_collections.ConfigDict(json.load(f))
     manifest = manifest_lib.read_manifest(config_lib.data_dir(config, workdir))
     tokenizer = Tokenizer.load(manifest.tokenizer_path)
-    model_cfg = train.model_config(config, manifest.vocab_size)
+    model_cfg = state_lib.model_config(config, manifest.vocab_size)
     max_tokens = max_tokens or int(config.train.seq_len)
     if max_tokens > model_cfg.max_seq_len:
         raise ValueError(
@@ -139,7 +140,7 @@ def _load_scorer_cached(workdir: str, max_tokens: int, batch_size: int) -> Langu
     mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "pipe": 1}, devices)
     rules = tuple(tuple(rule) for rule in config.mesh.rules)
     tx: optax.GradientTransformation = optim.make_optimizer(config.train)
-    layout = train.state_layout(model_cfg, tx, mesh, rules)
+    layout = state_lib.state_layout(model_cfg, tx, mesh, rules)
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(
