@@ -128,11 +128,16 @@ def evaluate(
     batch_sharding: NamedSharding,
 ) -> dict[str, float]:
     """Validation loss (nats/token), perplexity and bits per byte over `batches`."""
-    totals = {"loss_sum": 0.0, "weight_sum": 0.0, "bytes_sum": 0.0}
-    for batch in batches:
-        sums = eval_step(params, data_device.to_global_arrays(batch, batch_sharding), token_bytes_V)
-        for key, value in jax.device_get(sums).items():
-            totals[key] += float(value)
+    # Dispatch every batch before fetching: one host sync per eval, not one per batch.
+    per_batch = [
+        eval_step(params, data_device.to_global_arrays(batch, batch_sharding), token_bytes_V)
+        for batch in batches
+    ]
+    fetched = jax.device_get(per_batch)
+    totals = {
+        key: sum(float(sums[key]) for sums in fetched)
+        for key in ("loss_sum", "weight_sum", "bytes_sum")
+    }
     if totals["weight_sum"] == 0:
         raise ValueError("the validation split produced no target tokens; prepare more data.")
     loss = totals["loss_sum"] / totals["weight_sum"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 import ml_collections
 
@@ -61,6 +62,17 @@ def config_for_source(
     Quality filters and near-duplicate removal are off: they are tuned for web prose and would
     drop most of the embedded stdlib corpus (code, short docstrings). Use a data config file for
     a curated mixture.
+
+    Args:
+      source: 'stdlib' (embedded corpus), a directory or a file (see `curate/sources.py`).
+      vocab_size: tokenizer vocabulary including the 361 reserved ids.
+      validation_fraction: expected fraction of documents in the validation split, in [0, 1).
+      seed: seeds the tokenizer's training sample (the split does not depend on it).
+      max_documents: read at most this many documents (in source order); -1 reads all.
+      num_shards: ArrayRecord shards for the train split (fewer if it has fewer documents).
+      num_validation_shards: shards for the validation split.
+      tokenizer_model_type: 'bpe' or 'unigram'.
+      num_threads: worker processes and tokenizer threads (default: all cores).
     """
     cfg = config_lib.default_data_config()
     spec = config_lib.source_config(
@@ -84,40 +96,13 @@ def prepare(
     output_dir: str | os.PathLike,
     source: str = sources.STDLIB_SOURCE,
     *,
-    vocab_size: int = 4096,
-    validation_fraction: float = 0.05,
-    seed: int = 0,
-    max_documents: int = -1,
-    num_shards: int = 4,
-    num_validation_shards: int = 1,
-    tokenizer_model_type: str = "bpe",
-    num_threads: int | None = None,
     progress: bool = True,
+    **options: Any,
 ) -> str:
     """Prepares `output_dir` from one `source` and returns the path of its `manifest.json`.
 
-    Args:
-      output_dir: created if needed; a previous manifest and shards there are replaced.
-      source: 'stdlib' (embedded corpus), a directory or a file (see `curate/sources.py`).
-      vocab_size: tokenizer vocabulary including the 361 reserved ids.
-      validation_fraction: expected fraction of documents in the validation split, in [0, 1).
-      seed: seeds the tokenizer's training sample (the split does not depend on it).
-      max_documents: read at most this many documents (in source order); -1 reads all.
-      num_shards: ArrayRecord shards for the train split (fewer if it has fewer documents).
-      num_validation_shards: shards for the validation split.
-      tokenizer_model_type: 'bpe' or 'unigram'.
-      num_threads: worker processes and tokenizer threads (default: all cores).
-      progress: show progress bars on stderr.
+    `options` are those of `config_for_source` (vocab_size, validation_fraction, seed, ...).
+    A previous manifest and shards in `output_dir` are replaced; `progress` shows progress bars
+    on stderr.
     """
-    cfg = config_for_source(
-        source,
-        vocab_size=vocab_size,
-        validation_fraction=validation_fraction,
-        seed=seed,
-        max_documents=max_documents,
-        num_shards=num_shards,
-        num_validation_shards=num_validation_shards,
-        tokenizer_model_type=tokenizer_model_type,
-        num_threads=num_threads,
-    )
-    return prepare_from_config(cfg, output_dir, progress=progress)
+    return prepare_from_config(config_for_source(source, **options), output_dir, progress=progress)
