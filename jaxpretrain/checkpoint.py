@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 import grain
-import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -54,9 +53,6 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def latest_step(self) -> int | None:
-        return self._manager.latest_step()
-
     def save(self, step: int, state: Any, data_state: dict, force: bool = False) -> bool:
         """Starts a save when `step` is due (or `force`); returns once arrays are on the host.
 
@@ -97,18 +93,6 @@ class Checkpointer:
             return step, restored["state"], data.state
         return None
 
-    def wait(self) -> None:
-        """Blocks until background writes have finished."""
-        self._manager.wait_until_finished()
-
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
-
-
-def abstract_like(tree: Any) -> Any:
-    """ShapeDtypeStructs (with shardings) describing `tree`, the restore target Orbax needs."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        tree,
-    )

@@ -15,6 +15,9 @@ import ml_collections
 
 # Logical axis -> mesh axes. Parameters and activations name logical axes only (see model/);
 # this table is the single place that decides how they are laid out on the mesh.
+# Tensor parallelism is Megatron's: heads, kv heads and the MLP hidden dimension split over
+# `tensor` (column-parallel in, row-parallel out). The layer stack's `layers` axis splits over
+# `pipe`, so each pipeline stage stores its own layers; `stage` is the pipeline's stage axis.
 DEFAULT_AXIS_RULES = (
     ("batch", ("data", "fsdp")),
     ("length", None),
@@ -24,12 +27,22 @@ DEFAULT_AXIS_RULES = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("mlp", "tensor"),
-    ("layers", None),
+    ("layers", "pipe"),
     ("stage", "pipe"),
 )
 
-REMAT_POLICIES = ("none", "dots", "dots_no_batch", "full")
-DTYPES = ("float32", "bfloat16", "float16")
+# Mesh presets (`config.mesh.update(MESH_PRESETS[name])` in a config file), from the simplest:
+#   fsdp        every device shards parameters, optimizer state and the batch (ZeRO-3); the
+#               default choice up to ~10B parameters on a fast interconnect.
+#   fsdp_tp     8-way tensor parallelism inside a host (NVLink / a TPU tray) and FSDP across:
+#               for models whose per-device batch would otherwise drop below ~1 sequence.
+#   dp_fsdp_pp  4 pipeline stages (e.g. across slices / slow links), FSDP inside a stage, data
+#               parallel over what is left; 8 microbatches per pipeline pass.
+MESH_PRESETS = {
+    "fsdp": dict(data=1, fsdp=-1, tensor=1, pipe=1, microbatches=1, pipeline_repeats=1),
+    "fsdp_tp": dict(data=1, fsdp=-1, tensor=8, pipe=1, microbatches=1, pipeline_repeats=1),
+    "dp_fsdp_pp": dict(data=-1, fsdp=2, tensor=1, pipe=4, microbatches=8, pipeline_repeats=1),
+}
 
 
 class ConfigError(ValueError):
@@ -60,6 +73,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000
     c.train.batch_size = 32  # global, in sequences
+    # The global batch runs as this many sequential micro-steps whose summed gradients make one
+    # update, so only batch_size / grad_accum_steps sequences are resident at once.
+    c.train.grad_accum_steps = 1
     c.train.seq_len = 256
     c.train.seed = 0
     c.train.log_every = 10
@@ -87,7 +103,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1  # -1: all devices left after the other axes
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
-    c.mesh.pipe = 1
+    c.mesh.pipe = 1  # pipeline stages
+    c.mesh.microbatches = 1  # per pipeline pass (each grad-accumulation micro-step); pipe > 1
+    c.mesh.pipeline_repeats = 1  # 1: GPipe schedule; > 1: circular, layer groups per stage
     c.mesh.rules = DEFAULT_AXIS_RULES
 
     c.objective = ml_collections.ConfigDict()
@@ -152,25 +170,8 @@ def validate(
 ) -> dict[str, int]:
     """Checks values that would fail late (or silently); returns the resolved mesh shape."""
     _positive(config, "train.steps", "train.batch_size", "train.seq_len", "train.log_every")
-    _positive(config, "checkpoint.every", "checkpoint.max_to_keep")
-    _positive(config, "model.num_layers", "model.embed_dim", "model.num_heads", "model.head_dim")
-    _positive(config, "model.num_kv_heads", "model.mlp_dim", "model.max_seq_len")
-    if config.model.remat_policy not in REMAT_POLICIES:
-        raise ConfigError(
-            f"config key model.remat_policy={config.model.remat_policy!r} is unknown; "
-            f"use one of {', '.join(REMAT_POLICIES)}."
-        )
-    for key in ("dtype", "param_dtype"):
-        if config.model[key] not in DTYPES:
-            raise ConfigError(
-                f"config key model.{key}={config.model[key]!r} is unknown; use one of "
-                f"{', '.join(DTYPES)}."
-            )
-    if config.model.num_heads % config.model.num_kv_heads:
-        raise ConfigError(
-            f"config key model.num_kv_heads={config.model.num_kv_heads} must divide "
-            f"model.num_heads={config.model.num_heads}."
-        )
+    _positive(config, "checkpoint.every", "checkpoint.max_to_keep", "train.grad_accum_steps")
+    _positive(config, "mesh.microbatches", "mesh.pipeline_repeats")
     if config.train.seq_len > config.model.max_seq_len:
         raise ConfigError(
             f"config key train.seq_len={config.train.seq_len} exceeds model.max_seq_len="
@@ -189,19 +190,9 @@ def validate(
         raise ConfigError(f"config key eval.every={config.eval.every} must be >= 0 (0 = off).")
 
     mesh_shape = resolve_mesh_shape(config.mesh, num_devices)
-    for axis in ("tensor", "pipe"):
-        if mesh_shape[axis] != 1:
-            raise ConfigError(
-                f"config key mesh.{axis}={mesh_shape[axis]}: {axis} parallelism is not yet "
-                f"supported; set mesh.{axis}=1 and use mesh.data / mesh.fsdp."
-            )
-    batch_shards = mesh_shape["data"] * mesh_shape["fsdp"]
-    if config.train.batch_size % batch_shards:
-        raise ConfigError(
-            f"config key train.batch_size={config.train.batch_size} is not divisible by the "
-            f"batch-sharding mesh axes data x fsdp = {batch_shards}; use a multiple of "
-            f"{batch_shards}."
-        )
+    model_config(config, mesh_shape, vocab_size=max(config.model.vocab_size, 1))
+    _check_tensor_parallel(config, mesh_shape["tensor"])
+    _check_batch_split(config, mesh_shape)
     if config.train.batch_size % process_count:
         raise ConfigError(
             f"config key train.batch_size={config.train.batch_size} is not divisible by the "
@@ -216,6 +207,51 @@ def validate(
             f"{', '.join(objectives.names())}."
         )
     return mesh_shape
+
+
+def model_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, int], vocab_size: int):
+    """The `ModelConfig` of `config.model` on a mesh (its pipeline fields come from config.mesh).
+
+    Raises ConfigError naming the key when a model value cannot work; the checks themselves live
+    in `ModelConfig`, the one place that knows what a model needs.
+    """
+    from jaxpretrain.model import ModelConfig  # late import: the model imports jax
+
+    try:
+        return ModelConfig.from_config(
+            config.model,
+            vocab_size,
+            pipeline_stages=mesh_shape["pipe"],
+            pipeline_repeats=config.mesh.pipeline_repeats,
+            pipeline_microbatches=config.mesh.microbatches,
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
+def _check_tensor_parallel(config: ml_collections.ConfigDict, tensor: int) -> None:
+    for key in ("num_heads", "num_kv_heads", "mlp_dim"):
+        value = config.model[key]
+        if value % tensor:
+            raise ConfigError(
+                f"config key model.{key}={value} does not split over mesh.tensor={tensor} "
+                f"(tensor parallelism shards it); use a multiple of {tensor} or a smaller "
+                "mesh.tensor."
+            )
+
+
+def _check_batch_split(config: ml_collections.ConfigDict, mesh_shape: dict[str, int]) -> None:
+    """The global batch must split into micro-steps, then microbatches, then batch shards."""
+    batch_size, accum = config.train.batch_size, config.train.grad_accum_steps
+    microbatches = config.mesh.microbatches if mesh_shape["pipe"] > 1 else 1
+    batch_shards = mesh_shape["data"] * mesh_shape["fsdp"]
+    unit = accum * microbatches * batch_shards
+    if batch_size % unit:
+        raise ConfigError(
+            f"config key train.batch_size={batch_size} is not divisible by "
+            f"train.grad_accum_steps={accum} x mesh.microbatches={microbatches} x the "
+            f"batch-sharding mesh axes data x fsdp = {batch_shards}; use a multiple of {unit}."
+        )
 
 
 def data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -1,20 +1,23 @@
 """Device mesh from config, and logical-axis -> mesh-axis sharding.
 
-Modules name logical axes only (`embed`, `mlp`, `batch`, ...); `config.mesh.rules` maps each to
-zero, one or several of the mesh axes `data, fsdp, tensor, pipe`. This file is the only place
-that turns those names into `NamedSharding`s.
+Modules name logical axes only (`embed`, `mlp`, `batch`, `stage`, ...); `config.mesh.rules` maps
+each to zero, one or several of the mesh axes `data, fsdp, tensor, pipe`. This file is the only
+place that turns those names into shardings, for parameters (`shardings_for`) and activations
+(`constrain`, live inside `axis_rules`) alike, through the one resolver `logical_to_mesh_spec`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor", "pipe")
-BATCH_AXES = ("data", "fsdp")
 
 AxisRules = Sequence[tuple[str, str | Sequence[str] | None]]
 
@@ -96,3 +99,60 @@ def batch_sharding(mesh: Mesh, rules: AxisRules) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def split_batch(x_B: jax.Array, parts: int) -> jax.Array:
+    """[B, ...] -> [parts, B/parts, ...], row i going to part i mod parts.
+
+    Interleaving (rather than contiguous blocks) keeps every part spread over the shards of the
+    batch axis, so splitting a sharded batch into micro-batches moves no data between devices.
+    """
+    rows = x_B.shape[0] // parts
+    return jnp.swapaxes(x_B.reshape(rows, parts, *x_B.shape[1:]), 0, 1)
+
+
+def merge_batch(x_PB: jax.Array) -> jax.Array:
+    """Inverse of `split_batch`: [parts, rows, ...] -> [parts * rows, ...]."""
+    parts, rows = x_PB.shape[:2]
+    return jnp.swapaxes(x_PB, 0, 1).reshape(parts * rows, *x_PB.shape[2:])
+
+
+_ACTIVE_RULES: contextvars.ContextVar[AxisRules | None] = contextvars.ContextVar(
+    "jaxpretrain_axis_rules", default=None
+)
+
+
+@contextlib.contextmanager
+def axis_rules(mesh: Mesh, rules: AxisRules) -> Iterator[None]:
+    """Makes `constrain` live: activations traced inside are pinned to `mesh` through `rules`."""
+    token = _ACTIVE_RULES.set(tuple(rules))
+    try:
+        with jax.set_mesh(mesh):
+            yield
+    finally:
+        _ACTIVE_RULES.reset(token)
+
+
+def active_rules() -> AxisRules | None:
+    """The rules of the enclosing `axis_rules`, or None outside one."""
+    return _ACTIVE_RULES.get()
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """Pins an activation's sharding by logical axis names.
+
+    A no-op outside `axis_rules`, so the model runs unchanged on one device or in a plain jit.
+    Inside, names resolve exactly as parameters' do: an unknown name is an error, not replication.
+    """
+    rules = _ACTIVE_RULES.get()
+    if rules is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_mesh_spec(logical_axes, rules))
+
+
+def mesh_axis_of(logical_axis: str) -> str | tuple[str, ...] | None:
+    """The mesh axis (or axes) `logical_axis` maps to under the active rules; None outside them."""
+    rules = _ACTIVE_RULES.get()
+    if rules is None:
+        return None
+    return logical_to_mesh_spec((logical_axis,), rules)[0]

@@ -9,6 +9,7 @@ computed abstractly first, so a 7B layout costs no memory.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -20,23 +21,25 @@ from jax.sharding import Mesh, NamedSharding
 
 from jaxpretrain import config as config_lib
 from jaxpretrain import mesh as mesh_lib
+from jaxpretrain import optim
 from jaxpretrain.model import ModelConfig, Transformer
 
 TrainState = dict[str, Any]  # {"step": int32[], "params": pure dict, "opt_state", "rng": u32[2]}
 
 
-def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
-    """The model's config with `model.vocab_size=-1` resolved to the tokenizer's vocabulary."""
+def resolve_vocab_size(config: ml_collections.ConfigDict, tokenizer_vocab: int | None) -> int:
+    """`model.vocab_size`, with -1 meaning the tokenizer's (or `data.vocab_size` before one exists).
+
+    Raises ConfigError when an explicit `model.vocab_size` cannot hold the tokenizer's ids.
+    """
     if config.model.vocab_size == -1:
-        resolved = vocab_size
-    elif config.model.vocab_size < vocab_size:
+        return tokenizer_vocab if tokenizer_vocab is not None else config.data.vocab_size
+    if tokenizer_vocab is not None and config.model.vocab_size < tokenizer_vocab:
         raise config_lib.ConfigError(
             f"config key model.vocab_size={config.model.vocab_size} is smaller than the "
-            f"tokenizer's vocabulary ({vocab_size}); use -1 or a value >= {vocab_size}."
+            f"tokenizer's vocabulary ({tokenizer_vocab}); use -1 or a value >= {tokenizer_vocab}."
         )
-    else:
-        resolved = config.model.vocab_size
-    return ModelConfig.from_config(config.model, resolved)
+    return config.model.vocab_size
 
 
 def _make_model(model_cfg: ModelConfig, rng: jax.Array) -> Transformer:
@@ -118,3 +121,59 @@ def init_state(
         }
 
     return jax.jit(init, out_shardings=layout.shardings)(jax.random.PRNGKey(seed))
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Mesh, rules, model, optimizer and state layout of a config: what every entry point steps."""
+
+    mesh: Mesh
+    model_config: ModelConfig
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    layout: StateLayout
+    batch_sharding: NamedSharding
+
+
+def setup(
+    config: ml_collections.ConfigDict,
+    *,
+    tokenizer_vocab: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+) -> Setup:
+    """The one path from a config to a laid-out (not allocated) train state on a mesh.
+
+    Training, eval, the dry run, the benchmark and the perplexity scorer all start here, so a
+    mesh, a rule or a vocabulary resolves the same way everywhere.
+
+    Args:
+      config: a full config (`config.default_config()` and overrides).
+      tokenizer_vocab: the prepared data's vocabulary size; None before data exists (dry run,
+        benchmark), when `model.vocab_size=-1` falls back to `data.vocab_size`.
+      devices: the mesh's devices (default: all).
+
+    Raises:
+      ConfigError: a value that cannot work on these devices, naming the key.
+    """
+    devices = list(devices or jax.devices())
+    mesh_shape = config_lib.validate(config, len(devices), jax.process_count())
+    mesh = mesh_lib.make_mesh(mesh_shape, devices)
+    rules = tuple(tuple(rule) for rule in config.mesh.rules)
+    vocab_size = resolve_vocab_size(config, tokenizer_vocab)
+    if vocab_size % mesh_shape["tensor"]:
+        raise config_lib.ConfigError(
+            f"config key model.vocab_size={config.model.vocab_size} resolves to {vocab_size}, "
+            f"which does not split over mesh.tensor={mesh_shape['tensor']}; set model.vocab_size "
+            f"to a multiple of {mesh_shape['tensor']} (>= {vocab_size}), the ids above the "
+            "tokenizer's are never used."
+        )
+    model_cfg = config_lib.model_config(config, mesh_shape, vocab_size)
+    tx = optim.make_optimizer(config.train)
+    return Setup(
+        mesh=mesh,
+        model_config=model_cfg,
+        tx=tx,
+        schedule=optim.learning_rate_schedule(config.train),
+        layout=state_layout(model_cfg, tx, mesh, rules),
+        batch_sharding=mesh_lib.batch_sharding(mesh, rules),
+    )

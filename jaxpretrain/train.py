@@ -19,34 +19,27 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from flax import linen as nn
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from jaxpretrain import checkpoint, flops, monitor, objectives, optim, sample
+from jaxpretrain import checkpoint, flops, monitor, objectives, sample
 from jaxpretrain import config as config_lib
 from jaxpretrain import mesh as mesh_lib
 from jaxpretrain import state as state_lib
 from jaxpretrain.data import device as data_device
 from jaxpretrain.data import manifest as manifest_lib
 from jaxpretrain.data import pipeline
-from jaxpretrain.model import ModelConfig
 from jaxpretrain.state import StateLayout, TrainState
 from jaxpretrain.tokenizer import Tokenizer
 
-BATCH_KEYS = ("inputs", "targets", "loss_weights", "segment_ids", "positions", "bidirectional")
-
 
 def _with_axis_rules(jitted: Callable, mesh: Mesh, rules: mesh_lib.AxisRules) -> Callable:
-    """Calls `jitted` with the mesh and logical axis rules in context.
-
-    The model pins activations by logical names (`nn.with_logical_constraint`); those constraints
-    only take effect when traced under both contexts, and are no-ops otherwise.
-    """
+    """Calls `jitted` inside `mesh_lib.axis_rules`, where the model's activation constraints
+    (`mesh_lib.constrain`) and the pipeline's stage axis take effect; outside they are no-ops."""
 
     @functools.wraps(jitted)
     def call(*args):
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        with mesh_lib.axis_rules(mesh, rules):
             return jitted(*args)
 
     return call
@@ -57,24 +50,58 @@ def _forward(graphdef: nnx.GraphDef, params: Any, batch: dict[str, jax.Array]) -
     return model(batch["inputs"], batch["segment_ids"], batch["positions"], batch["bidirectional"])
 
 
+def _batch_shardings(batch_sharding: NamedSharding) -> dict[str, NamedSharding]:
+    return {key: batch_sharding for key in pipeline.BATCH_FEATURES}
+
+
 def make_train_step(
     layout: StateLayout,
     objective: objectives.Objective,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     batch_sharding: NamedSharding,
+    grad_accum_steps: int = 1,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
-    """A jitted (state, batch) -> (state, metrics) with explicit shardings; donates the state."""
+    """A jitted (state, batch) -> (state, metrics) with explicit shardings; donates the state.
+
+    With `grad_accum_steps` = k > 1 the batch runs as k sequential micro-steps. Their summed
+    losses and summed weights make the update (sum of loss / sum of weight, not a mean of
+    means), so it equals the update of the whole batch at once.
+    """
+
+    def loss_sums(params, batch):
+        logits_BLV = _forward(layout.graphdef, params, batch)
+        return objective.loss(logits_BLV, batch["targets"], batch["loss_weights"])
+
+    sums_and_grads = jax.value_and_grad(loss_sums, has_aux=True)
+
+    def accumulated_sums_and_grads(params, batch):
+        micro_batches = jax.tree.map(lambda x: mesh_lib.split_batch(x, grad_accum_steps), batch)
+
+        def micro_step(carry, micro_batch):
+            loss_sum, weight_sum, grads = carry
+            (micro_loss, micro_weight), micro_grads = sums_and_grads(params, micro_batch)
+            grads = jax.tree.map(lambda g, m: g + m.astype(jnp.float32), grads, micro_grads)
+            grads = jax.lax.with_sharding_constraint(grads, layout.shardings["params"])
+            return (loss_sum + micro_loss, weight_sum + micro_weight, grads), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        zeros = jax.lax.with_sharding_constraint(zeros, layout.shardings["params"])
+        (loss_sum, weight_sum, grads), _ = jax.lax.scan(
+            micro_step,
+            (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros),
+            micro_batches,
+        )
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        return (loss_sum, weight_sum), grads
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
-        def loss_fn(params):
-            logits_BLV = _forward(layout.graphdef, params, batch)
-            loss_sum, weight_sum = objective.loss(
-                logits_BLV, batch["targets"], batch["loss_weights"]
-            )
-            return loss_sum / jnp.maximum(weight_sum, 1.0)
-
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        if grad_accum_steps == 1:
+            (loss_sum, weight_sum), grad_sums = sums_and_grads(state["params"], batch)
+        else:
+            (loss_sum, weight_sum), grad_sums = accumulated_sums_and_grads(state["params"], batch)
+        weight = jnp.maximum(weight_sum, 1.0)
+        grads = jax.tree.map(lambda g: g / weight.astype(g.dtype), grad_sums)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         new_state = {
             "step": state["step"] + 1,
@@ -83,16 +110,15 @@ def make_train_step(
             "rng": state["rng"],
         }
         metrics = {
-            "loss": loss,
+            "loss": loss_sum / weight,
             "grad_norm": optax.tree.norm(grads),
             "learning_rate": schedule(state["step"]),
         }
         return new_state, metrics
 
-    batch_shardings = {key: batch_sharding for key in BATCH_KEYS}
     jitted = jax.jit(
         train_step,
-        in_shardings=(layout.shardings, batch_shardings),
+        in_shardings=(layout.shardings, _batch_shardings(batch_sharding)),
         out_shardings=(layout.shardings, mesh_lib.replicated(batch_sharding.mesh)),
         donate_argnums=0,
     )
@@ -111,10 +137,9 @@ def make_eval_step(
         return {"loss_sum": loss_sum, "weight_sum": weight_sum, "bytes_sum": bytes_sum}
 
     replicated = mesh_lib.replicated(batch_sharding.mesh)
-    batch_shardings = {key: batch_sharding for key in BATCH_KEYS}
     jitted = jax.jit(
         eval_step,
-        in_shardings=(layout.shardings["params"], batch_shardings, replicated),
+        in_shardings=(layout.shardings["params"], _batch_shardings(batch_sharding), replicated),
         out_shardings=replicated,
     )
     return _with_axis_rules(jitted, batch_sharding.mesh, layout.rules)
@@ -153,16 +178,19 @@ class Experiment:
     """The pieces a run is made of, resolved from a config and its prepared data."""
 
     config: ml_collections.ConfigDict
-    mesh: Mesh
+    setup: state_lib.Setup
     manifest: manifest_lib.Manifest
     tokenizer: Tokenizer
-    model_config: ModelConfig
     objective: objectives.Objective
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
-    layout: StateLayout
-    batch_sharding: NamedSharding
     examples_fn: Callable[..., list[dict[str, np.ndarray]]]
+
+    # The setup's parts, by the names the loop uses.
+    mesh = property(lambda self: self.setup.mesh)
+    model_config = property(lambda self: self.setup.model_config)
+    tx = property(lambda self: self.setup.tx)
+    schedule = property(lambda self: self.setup.schedule)
+    layout = property(lambda self: self.setup.layout)
+    batch_sharding = property(lambda self: self.setup.batch_sharding)
 
     @property
     def batch_size_per_process(self) -> int:
@@ -201,26 +229,16 @@ def build_experiment(
 
     `devices` (default: all) restricts the mesh, e.g. to compare 1 device with 8 in one process.
     """
-    devices = list(devices or jax.devices())
-    mesh_shape = config_lib.validate(config, len(devices), jax.process_count())
-    mesh = mesh_lib.make_mesh(mesh_shape, devices)
-    rules = tuple(tuple(rule) for rule in config.mesh.rules)
+    config_lib.validate(config, len(devices or jax.devices()), jax.process_count())
     manifest = manifest_lib.read_manifest(config_lib.data_dir(config, workdir))
     tokenizer = Tokenizer.load(manifest.tokenizer_path)
-    model_cfg = state_lib.model_config(config, manifest.vocab_size)
     objective = objectives.get(config.objective.name)
-    tx = optim.make_optimizer(config.train)
     return Experiment(
         config=config,
-        mesh=mesh,
+        setup=state_lib.setup(config, tokenizer_vocab=manifest.vocab_size, devices=devices),
         manifest=manifest,
         tokenizer=tokenizer,
-        model_config=model_cfg,
         objective=objective,
-        tx=tx,
-        schedule=optim.learning_rate_schedule(config.train),
-        layout=state_lib.state_layout(model_cfg, tx, mesh, rules),
-        batch_sharding=mesh_lib.batch_sharding(mesh, rules),
         examples_fn=functools.partial(
             objective.make_examples,
             seq_len=config.train.seq_len,
@@ -254,7 +272,12 @@ def run_training(exp: Experiment, workdir: str) -> TrainResult:
     """The training loop of `train_and_evaluate`, for an experiment already built."""
     config = exp.config
     train_step = make_train_step(
-        exp.layout, exp.objective, exp.tx, exp.schedule, exp.batch_sharding
+        exp.layout,
+        exp.objective,
+        exp.tx,
+        exp.schedule,
+        exp.batch_sharding,
+        grad_accum_steps=config.train.grad_accum_steps,
     )
     eval_step = make_eval_step(exp.layout, exp.objective, exp.batch_sharding)
     token_bytes_V = exp.token_bytes()
@@ -368,8 +391,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
 def sample_text(result: TrainResult, sample_cfg: ml_collections.ConfigDict) -> str:
     """A continuation of `sample.prompt` from the trained parameters."""
     exp = result.experiment
+    # One prompt is no batch to pipeline: sample with the same parameters, layers run in order.
+    unpipelined = dataclasses.replace(
+        exp.model_config, pipeline_stages=1, pipeline_repeats=1, pipeline_microbatches=1
+    )
     return sample.generate(
-        exp.layout.graphdef,
+        state_lib.abstract_model(unpipelined)[0],
         result.state["params"],
         exp.tokenizer,
         sample_cfg.prompt,
@@ -386,12 +413,8 @@ def dry_run(config: ml_collections.ConfigDict) -> str:
     Returns a short report: parameter count, FLOPs per token, and the bytes of parameters +
     optimizer state per device under the configured mesh.
     """
-    mesh_shape = config_lib.validate(config, jax.device_count(), jax.process_count())
-    mesh = mesh_lib.make_mesh(mesh_shape)
-    rules = tuple(tuple(rule) for rule in config.mesh.rules)
-    vocab_size = config.model.vocab_size if config.model.vocab_size > 0 else config.data.vocab_size
-    model_cfg = ModelConfig.from_config(config.model, vocab_size)
-    layout = state_lib.state_layout(model_cfg, optim.make_optimizer(config.train), mesh, rules)
+    setup = state_lib.setup(config)
+    layout, model_cfg = setup.layout, setup.model_config
 
     def bytes_per_device(leaf: jax.ShapeDtypeStruct) -> int:
         shard_shape = leaf.sharding.shard_shape(leaf.shape)
@@ -400,6 +423,7 @@ def dry_run(config: ml_collections.ConfigDict) -> str:
     state_bytes = sum(jax.tree.leaves(jax.tree.map(bytes_per_device, layout.abstract_state)))
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layout.abstract_state["params"]))
     flops_per_token = flops.train_flops_per_token(model_cfg, config.train.seq_len)
+    mesh_shape = dict(setup.mesh.shape)
     return (
         f"config ok: mesh {mesh_shape}, {params / 1e6:,.1f}M parameters, "
         f"{flops_per_token / 1e9:,.2f} GFLOP per trained token, "

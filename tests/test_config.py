@@ -39,7 +39,10 @@ def test_fill_axis_takes_the_remaining_devices():
         ("model.remat_policy", "some", "model.remat_policy='some'"),
         ("model.dtype", "int8", "model.dtype='int8'"),
         ("train.steps", 0, "train.steps=0"),
-        ("mesh.tensor", 2, "not yet supported"),
+        ("mesh.tensor", 8, "model.num_heads=4 does not split over mesh.tensor=8"),
+        ("mesh.pipe", 8, "model.num_layers=4 does not split into mesh.pipe=8"),
+        ("mesh.pipeline_repeats", 2, "apply to pipeline parallelism only"),
+        ("train.grad_accum_steps", 3, "train.grad_accum_steps=3"),
         ("eval.steps", 0, "eval.steps=0"),
     ],
 )
@@ -76,3 +79,26 @@ def test_config_json_is_the_resolved_config(tmp_path):
         written = json.load(f)
     assert written["train"]["batch_size"] == 8
     assert written["mesh"]["rules"][0] == ["batch", ["data", "fsdp"]]
+
+
+def test_circular_pipeline_needs_a_microbatch_per_stage():
+    config = tiny_config()
+    config.mesh.update(pipe=2, pipeline_repeats=2, microbatches=1)
+    with pytest.raises(config_lib.ConfigError, match="mesh.microbatches=1 is fewer than mesh.pipe"):
+        config_lib.validate(config, num_devices=8)
+    config.mesh.microbatches = 2
+    assert config_lib.validate(config, num_devices=8)["pipe"] == 2
+
+
+def test_batch_must_split_into_micro_steps_microbatches_and_shards():
+    config = tiny_config()  # batch 8 on data=8: one row per device
+    config.train.grad_accum_steps = 2
+    with pytest.raises(config_lib.ConfigError, match="use a multiple of 16"):
+        config_lib.validate(config, num_devices=8)
+    config.mesh.update(data=2, pipe=4, microbatches=2)
+    assert config_lib.validate(config, num_devices=8) == {
+        "data": 2,
+        "fsdp": 1,
+        "tensor": 1,
+        "pipe": 4,
+    }

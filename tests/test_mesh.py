@@ -13,7 +13,7 @@ RULES = config_lib.DEFAULT_AXIS_RULES
 def test_logical_names_map_through_rules():
     assert mesh_lib.logical_to_mesh_spec(("batch", "length"), RULES) == P(("data", "fsdp"), None)
     assert mesh_lib.logical_to_mesh_spec(("layers", "embed", "mlp"), RULES) == P(
-        None, "fsdp", "tensor"
+        "pipe", "fsdp", "tensor"
     )
 
 

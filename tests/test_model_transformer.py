@@ -2,15 +2,15 @@
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from jaxpretrain import config as config_lib
+from jaxpretrain import mesh as mesh_lib
 from jaxpretrain.model import REMAT_POLICIES, ModelConfig, Transformer, param_count
 
 CFG = ModelConfig(
@@ -235,29 +235,19 @@ def test_longer_than_max_seq_len_is_rejected(model):
 
 
 def test_sharded_forward_matches_single_device(model):
-    """Logical axes -> mesh via rules (as mesh.py will do); activation constraints switch on."""
-    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
-    # Flax passes a name with no rule through unchanged, so every logical name needs a rule.
-    rules = (
-        ("batch", ("data", "fsdp")),
-        ("length", None),
-        ("layers", None),
-        ("head_dim", None),
-        ("embed", "fsdp"),
-        ("heads", "tensor"),
-        ("kv_heads", "tensor"),
-        ("mlp", "tensor"),
-        ("vocab", "tensor"),
-    )
+    """Logical axes -> mesh through the rules; activation constraints switch on."""
+    mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2, "pipe": 1})
+    rules = config_lib.DEFAULT_AXIS_RULES
     rows = [packed_row([np.arange(1, 9), np.arange(20, 26)], [3, 0])] * 2
     rows += [packed_row([np.arange(5, 16)], [0])] * 2
     expected = logits_of(model, rows)
     graphdef, state = nnx.split(model)
-    with nn.logical_axis_rules(rules):
-        shardings = nnx.get_named_sharding(state, mesh)
-    sharded_state = jax.device_put(state, shardings)
-    assert sharded_state["layers"]["mlp"]["gate"]["kernel"][...].sharding.spec == P(
-        None, "fsdp", "tensor"
+    pure_state = nnx.to_pure_dict(state)
+    logical_specs = nnx.to_pure_dict(nnx.get_partition_spec(state))
+    shardings = mesh_lib.shardings_for(logical_specs, pure_state, mesh, rules)
+    sharded_state = jax.device_put(pure_state, shardings)
+    assert sharded_state["layers"]["mlp"]["gate"]["kernel"].sharding.spec == P(
+        "pipe", "fsdp", "tensor"
     )
     features = [
         jnp.asarray(np.stack([row[name] for row in rows]))
@@ -267,7 +257,7 @@ def test_sharded_forward_matches_single_device(model):
     def forward(state, *features):
         return nnx.merge(graphdef, state)(*features)
 
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with mesh_lib.axis_rules(mesh, rules):
         logits = jax.jit(forward)(sharded_state, *features)
         # The activation constraints are live (they are no-ops without rules and a mesh).
         assert "sharding_constraint" in str(jax.make_jaxpr(forward)(sharded_state, *features))

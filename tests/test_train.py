@@ -9,12 +9,13 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from flax import linen as nn
 
 from jaxpretrain import config as config_lib
+from jaxpretrain import mesh as mesh_lib
 from jaxpretrain import state as state_lib
 from jaxpretrain import train
 from jaxpretrain.curate import prepare
+from jaxpretrain.data import pipeline
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 
@@ -171,13 +172,13 @@ def test_activation_sharding_constraints_reach_the_train_step(data_dir, tmp_path
     )
     batch = {
         key: jax.ShapeDtypeStruct((8, 64), "float32" if key == "loss_weights" else "int32")
-        for key in train.BATCH_KEYS
+        for key in pipeline.BATCH_FEATURES
     }
 
     def constraints(hlo: str) -> int:  # Shardy and GSPMD spell a sharding constraint differently
         return hlo.count("sharding_constraint") + hlo.count("@Sharding")
 
-    with jax.set_mesh(exp.mesh), nn.logical_axis_rules(exp.layout.rules):
+    with mesh_lib.axis_rules(exp.mesh, exp.layout.rules):
         hlo = step.__wrapped__.lower(exp.layout.abstract_state, batch).as_text()
     assert constraints(hlo) >= 2 * config.model.num_layers
     # Without the rules in context the model's constraints are no-ops: the wrapper is needed.

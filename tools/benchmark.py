@@ -22,9 +22,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxpretrain import config as config_lib
-from jaxpretrain import flops, objectives, optim, train
-from jaxpretrain import mesh as mesh_lib
+from jaxpretrain import flops, objectives, train
 from jaxpretrain import state as state_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
@@ -48,23 +46,18 @@ def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int) -
 
 
 def benchmark_train(config) -> dict[str, float]:
-    mesh_shape = config_lib.validate(config, jax.device_count(), jax.process_count())
-    mesh = mesh_lib.make_mesh(mesh_shape)
-    rules = tuple(tuple(rule) for rule in config.mesh.rules)
-    vocab_size = config.model.vocab_size if config.model.vocab_size > 0 else config.data.vocab_size
-    model_cfg = state_lib.model_config(config, vocab_size)
-    tx = optim.make_optimizer(config.train)
-    layout = state_lib.state_layout(model_cfg, tx, mesh, rules)
-    batch_sharding = mesh_lib.batch_sharding(mesh, rules)
+    setup = state_lib.setup(config)
+    model_cfg, batch_sharding, mesh = setup.model_config, setup.batch_sharding, setup.mesh
     step_fn = train.make_train_step(
-        layout,
+        setup.layout,
         objectives.get(config.objective.name),
-        tx,
-        optim.learning_rate_schedule(config.train),
+        setup.tx,
+        setup.schedule,
         batch_sharding,
+        grad_accum_steps=config.train.grad_accum_steps,
     )
-    state = state_lib.init_state(model_cfg, tx, layout, config.train.seed)
-    batch = synthetic_batch(config.train.batch_size, config.train.seq_len, vocab_size, 0)
+    state = state_lib.init_state(model_cfg, setup.tx, setup.layout, config.train.seed)
+    batch = synthetic_batch(config.train.batch_size, config.train.seq_len, model_cfg.vocab_size, 0)
     batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
 
     compile_start = time.perf_counter()

@@ -6,21 +6,12 @@ K key/value heads, H head_dim.
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxpretrain.mesh import constrain
 from jaxpretrain.model.config import ModelConfig
-
-
-def constrain(x: jax.Array, logical_axes: tuple[str, ...]) -> jax.Array:
-    """Pins an activation's sharding by logical axis names.
-
-    A no-op unless the caller has set logical axis rules (`flax.linen.logical_axis_rules`) and a
-    mesh (`jax.set_mesh`), so the model runs unchanged on one device.
-    """
-    return nn.with_logical_constraint(x, logical_axes)
 
 
 def apply_rope(x_BLNH: jax.Array, positions_BL: jax.Array, theta: float) -> jax.Array:

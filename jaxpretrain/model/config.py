@@ -32,6 +32,9 @@ _POSITIVE_INT_FIELDS = (
     "head_dim",
     "mlp_dim",
     "max_seq_len",
+    "pipeline_stages",
+    "pipeline_repeats",
+    "pipeline_microbatches",
 )
 _POSITIVE_FLOAT_FIELDS = ("rope_theta", "norm_eps", "init_std")
 
@@ -43,6 +46,14 @@ class ModelConfig:
     `dtype` is the compute dtype of activations and matmuls; `param_dtype` is the storage dtype of
     the parameters. `remat_policy` is one of `REMAT_POLICIES` (see the comment there for the
     speed/memory order).
+
+    The `pipeline_*` fields say how the layer stack runs, not what it computes: with
+    `pipeline_stages` > 1 the layers are split into that many stages (the `stage` logical axis)
+    and each batch into `pipeline_microbatches`; `pipeline_repeats` > 1 makes the schedule
+    circular (each stage holds that many non-adjacent groups of layers). Parameters keep the same
+    shapes and layer order whatever these are, so a checkpoint moves between pipeline layouts.
+    They come from `config.mesh` (`pipe`, `pipeline_repeats`, `microbatches`), set by
+    `state.setup`.
     """
 
     vocab_size: int
@@ -60,6 +71,9 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat_policy: str = "none"
     init_std: float = 0.02
+    pipeline_stages: int = 1
+    pipeline_repeats: int = 1
+    pipeline_microbatches: int = 1
 
     def __post_init__(self) -> None:
         for name in _POSITIVE_INT_FIELDS:
@@ -98,6 +112,25 @@ class ModelConfig:
             )
         if not isinstance(self.tie_embeddings, bool):
             raise ValueError(f"model.tie_embeddings={self.tie_embeddings!r} must be True or False.")
+        stages, repeats = self.pipeline_stages, self.pipeline_repeats
+        if self.num_layers % (stages * repeats):
+            raise ValueError(
+                f"model.num_layers={self.num_layers} does not split into mesh.pipe={stages} "
+                f"stages x mesh.pipeline_repeats={repeats}; use a num_layers divisible by "
+                f"{stages * repeats} or change the pipeline."
+            )
+        if stages == 1 and (repeats > 1 or self.pipeline_microbatches > 1):
+            raise ValueError(
+                f"mesh.pipeline_repeats={repeats} and mesh.microbatches="
+                f"{self.pipeline_microbatches} apply to pipeline parallelism only; set mesh.pipe "
+                "> 1, or set both to 1 (train.grad_accum_steps splits a batch without a pipeline)."
+            )
+        if repeats > 1 and self.pipeline_microbatches < stages:
+            raise ValueError(
+                f"mesh.microbatches={self.pipeline_microbatches} is fewer than mesh.pipe={stages}: "
+                "the circular schedule (mesh.pipeline_repeats > 1) needs at least one microbatch "
+                "per stage; raise mesh.microbatches or set mesh.pipeline_repeats=1."
+            )
 
     @property
     def compute_dtype(self) -> Any:
@@ -110,13 +143,17 @@ class ModelConfig:
         return DTYPES[self.param_dtype]
 
     @classmethod
-    def from_config(cls, model_cfg: Mapping[str, Any], vocab_size: int) -> ModelConfig:
+    def from_config(
+        cls, model_cfg: Mapping[str, Any], vocab_size: int, **pipeline: int
+    ) -> ModelConfig:
         """Builds a ModelConfig from the `model` section of an ml_collections config.
 
         Args:
           model_cfg: a ConfigDict (or mapping) with this dataclass's fields. Its `vocab_size` key,
             if present, is ignored (it may be -1, meaning "use the tokenizer's").
           vocab_size: the resolved vocabulary size.
+          **pipeline: `pipeline_stages`, `pipeline_repeats`, `pipeline_microbatches` (from the
+            mesh config; default 1).
 
         Raises:
           ValueError: on an unknown key, a missing required key, or an invalid value.
@@ -138,4 +175,4 @@ class ModelConfig:
         missing = sorted(required - set(values))
         if missing:
             raise ValueError(f"model config is missing required key(s) {missing}; add them.")
-        return cls(vocab_size=vocab_size, **values)
+        return cls(vocab_size=vocab_size, **values, **pipeline)

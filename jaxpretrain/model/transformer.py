@@ -24,12 +24,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxpretrain.model.attention import (
-    Attention,
-    attention_mask,
-    constrain,
-    output_projection_std,
-)
+from jaxpretrain.mesh import constrain
+from jaxpretrain.model import pipeline
+from jaxpretrain.model.attention import Attention, attention_mask, output_projection_std
 from jaxpretrain.model.config import ModelConfig
 
 _REMAT_POLICY_FUNCTIONS = {
@@ -134,20 +131,20 @@ def create_block_stack(cfg: ModelConfig, num_layers: int, *, rngs: nnx.Rngs) -> 
 
 
 def apply_block_stack(
-    stack: Block,
+    graphdef: nnx.GraphDef,
+    stacked_state: nnx.State,
     x_BLD: jax.Array,
     positions_BL: jax.Array,
     mask_B1LS: jax.Array,
     remat_policy: str,
 ) -> jax.Array:
-    """Runs the stacked blocks in order with `jax.lax.scan`, one compiled layer body.
+    """Runs stacked blocks (`nnx.split` of `create_block_stack`) in order with `jax.lax.scan`.
 
-    The stack is split into graphdef and state once and merged back inside the scan body (rather
-    than using nnx.scan), which keeps this independent of NNX transform internals. The body is
-    wrapped in `jax.checkpoint` per `remat_policy` (see `config.REMAT_POLICIES`); every policy
-    computes the same values and gradients.
+    One compiled layer body; merging the block back inside the scan body (rather than using
+    nnx.scan) keeps this independent of NNX transform internals. The body is wrapped in
+    `jax.checkpoint` per `remat_policy` (see `REMAT_POLICIES`); every policy computes the same
+    values and gradients.
     """
-    graphdef, stacked_state = nnx.split(stack)
 
     def apply_one_layer(carry_BLD: jax.Array, layer_state: nnx.State) -> tuple[jax.Array, None]:
         block = nnx.merge(graphdef, layer_state)
@@ -227,11 +224,27 @@ class Transformer(nnx.Module):
                 f"Input length {length} exceeds model.max_seq_len={self.cfg.max_seq_len}; "
                 "shorten the sequences or raise max_seq_len."
             )
-        mask_B1LS = attention_mask(segment_ids_BL, bidirectional_BL)
         x_BLD = constrain(self.embed(inputs_BL), ("batch", "length", "embed"))
-        x_BLD = apply_block_stack(
-            self.layers, x_BLD, positions_BL, mask_B1LS, self.cfg.remat_policy
-        )
+        graphdef, stacked_state = nnx.split(self.layers)
+
+        def apply_layers(layer_state, x_BLD, positions_BL, mask_B1LS):
+            return apply_block_stack(
+                graphdef, layer_state, x_BLD, positions_BL, mask_B1LS, self.cfg.remat_policy
+            )
+
+        if self.cfg.pipeline_stages > 1:
+            x_BLD = pipeline.apply_pipeline(
+                apply_layers,
+                stacked_state,
+                x_BLD,
+                segment_ids_BL,
+                positions_BL,
+                bidirectional_BL,
+                self.cfg,
+            )
+        else:
+            mask_B1LS = attention_mask(segment_ids_BL, bidirectional_BL)
+            x_BLD = apply_layers(stacked_state, x_BLD, positions_BL, mask_B1LS)
         x_BLD = self.final_norm(x_BLD).astype(self.cfg.compute_dtype)
         if self.lm_head is None:
             embedding_VD = self.embed.embedding[...].astype(self.cfg.compute_dtype)

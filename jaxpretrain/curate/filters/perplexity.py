@@ -107,12 +107,10 @@ def _load_scorer_cached(workdir: str, max_tokens: int, batch_size: int) -> Langu
     import jax
     import jax.numpy as jnp
     import ml_collections
-    import optax
     from flax import nnx
 
-    from jaxpretrain import checkpoint, optim
+    from jaxpretrain import checkpoint
     from jaxpretrain import config as config_lib
-    from jaxpretrain import mesh as mesh_lib
     from jaxpretrain import state as state_lib
     from jaxpretrain.data import manifest as manifest_lib
     from jaxpretrain.tokenizer import Tokenizer
@@ -127,7 +125,12 @@ def _load_scorer_cached(workdir: str, max_tokens: int, batch_size: int) -> Langu
         config = ml_collections.ConfigDict(json.load(f))
     manifest = manifest_lib.read_manifest(config_lib.data_dir(config, workdir))
     tokenizer = Tokenizer.load(manifest.tokenizer_path)
-    model_cfg = state_lib.model_config(config, manifest.vocab_size)
+    # The checkpoint holds the full train state; restore it on one device and keep the params
+    # (their layout does not depend on the mesh the scorer was trained on).
+    config.mesh.update(data=1, fsdp=1, tensor=1, pipe=1, microbatches=1, pipeline_repeats=1)
+    config.train.grad_accum_steps = 1
+    setup = state_lib.setup(config, tokenizer_vocab=manifest.vocab_size, devices=jax.devices()[:1])
+    model_cfg = setup.model_config
     max_tokens = max_tokens or int(config.train.seq_len)
     if max_tokens > model_cfg.max_seq_len:
         raise ValueError(
@@ -135,12 +138,7 @@ def _load_scorer_cached(workdir: str, max_tokens: int, batch_size: int) -> Langu
             f"{model_cfg.max_seq_len} ({config_path}); use max_tokens <= {model_cfg.max_seq_len}."
         )
 
-    # The checkpoint holds the full train state; restore it on one device and keep the params.
-    devices = jax.devices()[:1]
-    mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "pipe": 1}, devices)
-    rules = tuple(tuple(rule) for rule in config.mesh.rules)
-    tx: optax.GradientTransformation = optim.make_optimizer(config.train)
-    layout = state_lib.state_layout(model_cfg, tx, mesh, rules)
+    layout = setup.layout
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(

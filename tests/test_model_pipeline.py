@@ -1,0 +1,147 @@
+"""Pipeline parallelism: a pipelined stack equals the layers run in order, forward and backward."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxpretrain import config as config_lib
+from jaxpretrain import mesh as mesh_lib
+from jaxpretrain import state as state_lib
+from jaxpretrain.model import ModelConfig, Transformer
+from jaxpretrain.model.pipeline import bubble_fraction
+
+LENGTH = 16
+FEATURES = ("inputs", "segment_ids", "positions", "bidirectional")
+
+
+def model_config(num_layers: int, **pipeline) -> ModelConfig:
+    return ModelConfig(
+        vocab_size=64,
+        num_layers=num_layers,
+        embed_dim=32,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        mlp_dim=64,
+        max_seq_len=LENGTH,
+        dtype="float32",
+        **pipeline,
+    )
+
+
+def packed_batch(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Rows of 1-3 documents of random length, some with a bidirectional prefix, then padding."""
+    rng = np.random.default_rng(seed)
+    batch = {name: np.zeros((rows, LENGTH), np.int32) for name in FEATURES}
+    for row in range(rows):
+        start = 0
+        for segment in range(1, rng.integers(1, 4) + 1):
+            length = int(rng.integers(2, 7))
+            end = min(start + length, LENGTH - 1)
+            batch["inputs"][row, start:end] = rng.integers(4, 64, end - start)
+            batch["segment_ids"][row, start:end] = segment
+            batch["positions"][row, start:end] = np.arange(end - start)
+            batch["bidirectional"][row, start : start + int(rng.integers(0, 3))] = 1
+            start = end
+    return batch
+
+
+def forward_and_grads(cfg: ModelConfig, params, batch, mesh=None):
+    """Logits and d(sum of logits^2 weighted by position)/d(params), on `mesh` when given."""
+    graphdef = state_lib.abstract_model(cfg)[0]
+    weights = jnp.linspace(0.5, 1.5, LENGTH)[None, :, None]
+
+    def loss(params):
+        logits = nnx.merge(graphdef, params)(*(batch[name] for name in FEATURES))
+        return jnp.sum(jnp.square(logits) * weights), logits
+
+    step = jax.jit(jax.grad(loss, has_aux=True))
+    if mesh is None:
+        grads, logits = step(params)
+    else:
+        with mesh_lib.axis_rules(mesh, config_lib.DEFAULT_AXIS_RULES):
+            grads, logits = step(params)
+    return jax.device_get(logits), jax.device_get(grads)
+
+
+@pytest.mark.parametrize(
+    ("stages", "repeats", "microbatches", "data"),
+    [
+        (2, 1, 2, 4),  # GPipe
+        (4, 1, 4, 2),  # GPipe, 4 stages
+        (2, 1, 1, 4),  # one microbatch: the pipeline is all bubble, still exact
+        (2, 2, 2, 4),  # circular, M = S
+        (2, 2, 4, 2),  # circular, M > S: outputs wait in the buffer between passes
+        (4, 2, 4, 2),  # circular, 4 stages
+    ],
+)
+def test_pipeline_equals_layers_in_order(stages, repeats, microbatches, data):
+    pipelined = model_config(
+        2 * stages * repeats,
+        pipeline_stages=stages,
+        pipeline_repeats=repeats,
+        pipeline_microbatches=microbatches,
+    )
+    reference = dataclasses.replace(
+        pipelined, pipeline_stages=1, pipeline_repeats=1, pipeline_microbatches=1
+    )
+    params = nnx.to_pure_dict(nnx.state(Transformer(pipelined, rngs=nnx.Rngs(0))))
+    batch = packed_batch(rows=2 * microbatches * data)
+    expected_logits, expected_grads = forward_and_grads(reference, params, batch)
+
+    mesh = mesh_lib.make_mesh({"data": data, "fsdp": 1, "tensor": 1, "pipe": stages})
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    logical = state_lib.abstract_model(pipelined)[2]
+    shardings = mesh_lib.shardings_for(logical, abstract, mesh, config_lib.DEFAULT_AXIS_RULES)
+    sharded = jax.device_put(params, shardings)
+    # Each pipe device stores only its stages' layers.
+    kernel = sharded["layers"]["mlp"]["up"]["kernel"]
+    assert kernel.sharding.shard_shape(kernel.shape)[0] == pipelined.num_layers // stages
+    logits, grads = forward_and_grads(pipelined, sharded, batch, mesh)
+
+    np.testing.assert_allclose(logits, expected_logits, rtol=1e-5, atol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        grads,
+        expected_grads,
+    )
+
+
+def test_stages_hand_activations_on_by_collective_permute():
+    cfg = model_config(4, pipeline_stages=4, pipeline_repeats=1, pipeline_microbatches=4)
+    mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 1, "tensor": 1, "pipe": 4})
+    graphdef, abstract, logical = state_lib.abstract_model(cfg)
+    shardings = mesh_lib.shardings_for(logical, abstract, mesh, config_lib.DEFAULT_AXIS_RULES)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+    )
+    features = [jax.ShapeDtypeStruct((8, LENGTH), jnp.int32)] * 4
+
+    def forward(params, *features):
+        return nnx.merge(graphdef, params)(*features)
+
+    with mesh_lib.axis_rules(mesh, config_lib.DEFAULT_AXIS_RULES):
+        hlo = jax.jit(forward).lower(abstract, *features).compile().as_text()
+    assert "collective-permute" in hlo
+
+
+def test_batch_that_does_not_split_into_microbatches_is_a_clear_error():
+    cfg = model_config(2, pipeline_stages=2, pipeline_repeats=1, pipeline_microbatches=4)
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    tokens = jnp.ones((6, LENGTH), jnp.int32)
+    with pytest.raises(ValueError, match="6 rows does not split into mesh.microbatches=4"):
+        model(tokens, tokens, tokens, tokens * 0)
+
+
+def test_bubble_fraction_matches_idle_stage_iterations_of_the_schedule():
+    for stages, repeats, microbatches in [(4, 1, 8), (4, 2, 8), (2, 3, 2)]:
+        iterations = repeats * microbatches + stages - 1
+        busy = sum(
+            0 <= t - s < repeats * microbatches for t in range(iterations) for s in range(stages)
+        )
+        idle = 1 - busy / (stages * iterations)
+        assert bubble_fraction(stages, repeats, microbatches) == pytest.approx(idle)
