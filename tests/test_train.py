@@ -91,29 +91,102 @@ def test_resumed_run_equals_uninterrupted_run(data_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def single_device_run(data_dir, tmp_path_factory):
-    config = tiny_config(data_dir, steps=3)
-    return train.train_and_evaluate(
-        config, str(tmp_path_factory.mktemp("one")), devices=jax.devices()[:1]
+def single_device_runs(data_dir, tmp_path_factory):
+    """Single-device reference runs of 3 steps, by number of layers (computed once each)."""
+    runs = {}
+
+    def run(num_layers: int) -> train.TrainResult:
+        if num_layers not in runs:
+            config = tiny_config(data_dir, steps=3)
+            config.model.num_layers = num_layers
+            runs[num_layers] = train.train_and_evaluate(
+                config, str(tmp_path_factory.mktemp("one")), devices=jax.devices()[:1]
+            )
+        return runs[num_layers]
+
+    return run
+
+
+def leaves_by_path(tree) -> dict[str, jax.Array]:
+    return {
+        jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+MESHES = {
+    # name: (mesh and pipeline keys, number of layers, gradient-accumulation steps)
+    "data8": (dict(data=8, fsdp=1), 2, 1),
+    "fsdp8": (dict(data=1, fsdp=8), 2, 1),
+    "data2_fsdp4": (dict(data=2, fsdp=4), 2, 1),
+    "data2_fsdp2_tensor2": (dict(data=2, fsdp=2, tensor=2), 2, 1),
+    "pipe2_fsdp4_gpipe": (dict(data=1, fsdp=4, pipe=2, microbatches=2), 2, 1),
+    "pipe4_data2_gpipe": (dict(data=2, pipe=4, microbatches=4), 4, 1),
+    "pipe2_fsdp4_circular": (
+        dict(data=1, fsdp=4, pipe=2, microbatches=2, pipeline_repeats=2),
+        4,
+        1,
+    ),
+    "pipe4_data2_circular": (dict(data=2, pipe=4, microbatches=4, pipeline_repeats=2), 8, 1),
+    "accum2_one_device": (dict(data=1), 2, 2),
+    "accum2_data2_fsdp2_tensor2": (dict(data=2, fsdp=2, tensor=2), 2, 2),
+    "accum2_pipe2_fsdp4": (dict(data=1, fsdp=4, pipe=2, microbatches=1), 2, 2),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MESHES))
+def test_sharded_training_equals_single_device(data_dir, tmp_path, single_device_runs, name):
+    mesh_keys, num_layers, accum = MESHES[name]
+    config = tiny_config(data_dir, steps=3, grad_accum_steps=accum)
+    config.model.num_layers = num_layers
+    config.mesh.update(mesh_keys)
+    devices = jax.devices()[:1] if name == "accum2_one_device" else None
+    sharded = train.train_and_evaluate(config, str(tmp_path), devices=devices)
+    reference = single_device_runs(num_layers)
+
+    # Parameters and Adam moments really are split as the rules say, not replicated.
+    mesh = sharded.experiment.mesh.shape
+    expected_shard = (num_layers // mesh["pipe"], 64 // mesh["fsdp"], 128 // mesh["tensor"])
+    kernels = {
+        path: leaf
+        for path, leaf in leaves_by_path(sharded.state).items()
+        if "['layers']['mlp']['up']['kernel']" in path
+    }
+    assert len(kernels) == 3  # the parameter, Adam's mu and nu
+    for leaf in kernels.values():
+        assert leaf.sharding.shard_shape(leaf.shape) == expected_shard
+    embedding = sharded.state["params"]["embed"]["embedding"]
+    assert embedding.sharding.shard_shape(embedding.shape) == (
+        512 // mesh["tensor"],
+        64 // mesh["fsdp"],
+    )
+
+    for step, (loss, grad_norm) in losses(reference.history).items():
+        np.testing.assert_allclose(losses(sharded.history)[step], (loss, grad_norm), rtol=2e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        jax.device_get(reference.state["params"]),
+        jax.device_get(sharded.state["params"]),
     )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("data", "fsdp"), [(8, 1), (1, 8), (2, 4)])
-def test_sharded_training_equals_single_device(data_dir, tmp_path, single_device_run, data, fsdp):
-    config = tiny_config(data_dir, steps=3)
-    config.mesh.update(data=data, fsdp=fsdp)
-    sharded = train.train_and_evaluate(config, str(tmp_path))
-    params = sharded.state["params"]
-    if fsdp > 1:  # parameters really are split, not replicated
-        kernel = params["layers"]["mlp"]["up"]["kernel"]
-        assert kernel.sharding.shard_shape(kernel.shape)[1] == 64 // fsdp
-    for step, (loss, grad_norm) in losses(single_device_run.history).items():
-        np.testing.assert_allclose(losses(sharded.history)[step], (loss, grad_norm), rtol=2e-5)
+def test_pipelined_run_resumes_exactly(data_dir, tmp_path):
+    config = tiny_config(data_dir)
+    config.model.num_layers = 4
+    config.mesh.update(data=1, fsdp=4, pipe=2, microbatches=2, pipeline_repeats=2)
+    uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "6")
+    resumed = train.train_and_evaluate(config, str(tmp_path / "b"))
+
+    assert sorted(losses(resumed.history)) == [4, 5, 6]
+    for step, (loss, grad_norm) in losses(resumed.history).items():
+        assert (loss, grad_norm) == losses(uninterrupted.history)[step]
     jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-        jax.device_get(single_device_run.state["params"]),
-        jax.device_get(params),
+        np.testing.assert_array_equal,
+        jax.device_get(uninterrupted.state["params"]),
+        jax.device_get(resumed.state["params"]),
     )
 
 
