@@ -225,15 +225,32 @@ def test_evaluate_matches_a_numpy_reference(data_dir, tmp_path):
     )
 
 
+def load_config(name: str):
+    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def test_7b_config_validates_and_lays_out_on_eight_devices():
-    spec = importlib.util.spec_from_file_location("clm_7b", CONFIGS / "clm_7b.py")
-    clm_7b = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(clm_7b)
-    report = train.dry_run(clm_7b.get_config())
+    report = train.dry_run(load_config("clm_7b"))
     assert "'fsdp': 8" in report
     assert "6,738.4M parameters" in report  # Llama-2-7B's published count (6.74B)
-    # 6.74B params x (4 B param + 8 B Adam moments) / 8 devices = 9.4 GiB per device.
+    # 6.74B params x (4 B param + 8 B Adam moments) / 8 devices = 9.41 GiB per device.
     assert "9.41 GiB" in report
+
+
+@pytest.mark.parametrize("preset", list(config_lib.MESH_PRESETS))
+def test_70b_config_lays_out_under_every_mesh_preset(preset):
+    config = load_config("clm_70b")
+    config.mesh.update(config_lib.MESH_PRESETS[preset])
+    report = train.dry_run(config)
+    assert "68,976.6M parameters" in report  # Llama-2-70B's published count (69.0B)
+    # 69.0B x 12 bytes / 8 devices = 96.4 GiB when every parameter is split 8 ways. The
+    # pipeline preset splits the layers 8 ways (4 stages x fsdp 2) but the embedding and output
+    # layer (2 x 32000 x 8192 x 12 bytes = 5.9 GiB) only over fsdp=2: +2.2 GiB.
+    expected = {"fsdp": "96.36 GiB", "fsdp_tp": "96.37 GiB", "dp_fsdp_pp": "98.56 GiB"}
+    assert expected[preset] in report
 
 
 def test_activation_sharding_constraints_reach_the_train_step(data_dir, tmp_path):

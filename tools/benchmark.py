@@ -3,6 +3,11 @@
     python tools/benchmark.py train --config=configs/tiny_clm.py --steps=20
     python tools/benchmark.py data --documents=2000
 
+    # a mesh on 8 fake CPU devices (correctness scale, not speed):
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tools/benchmark.py train \
+        --config=configs/tiny_clm.py --config.mesh.data=2 --config.mesh.pipe=4 \
+        --config.mesh.microbatches=4
+
 `train` times jitted train steps on synthetic full-length batches (the input pipeline is measured
 apart), after compilation and warm-up steps. `data` times the curation blocks (cleaning, each
 filter family, MinHash signatures beside datasketch's `MinHash.update_batch`) on one core, on the
@@ -24,6 +29,7 @@ from ml_collections import config_flags
 
 from jaxpretrain import flops, objectives, train
 from jaxpretrain import state as state_lib
+from jaxpretrain.model.pipeline import bubble_fraction
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
@@ -77,7 +83,14 @@ def benchmark_train(config) -> dict[str, float]:
     peak = flops.peak_flops_per_device(jax.devices()[0], config.train.peak_tflops_per_device)
     flops_per_token = flops.train_flops_per_token(model_cfg, config.train.seq_len)
     memory = jax.devices()[0].memory_stats() or {}
+    mesh_label = " ".join(f"{axis}={size}" for axis, size in mesh.shape.items() if size > 1)
+    stages, repeats = model_cfg.pipeline_stages, model_cfg.pipeline_repeats
+    microbatches = model_cfg.pipeline_microbatches
+    if stages > 1:
+        bubble = bubble_fraction(stages, repeats, microbatches)
+        mesh_label += f" M={microbatches} R={repeats} (bubble {bubble:.2f})"
     return {
+        "mesh": mesh_label or "one device",
         "params_m": sum(x.size for x in jax.tree.leaves(state["params"])) / 1e6,
         "compile_s": compile_seconds,
         "step_ms": seconds_per_step * 1e3,
@@ -205,9 +218,10 @@ def main(argv: list[str]) -> None:
     mfu = "n/a" if result["mfu"] is None else f"{100 * result['mfu']:.1f}%"
     command = " ".join(["python tools/benchmark.py", *sys.argv[1:]])
     print(
-        "| date | device | command | params | step | tokens/s | MFU | compile | peak mem |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
-        f"| {datetime.date.today()} | {device} | `{command}` | {result['params_m']:.1f}M | "
+        "| date | device | command | mesh | params | step | tokens/s | MFU | compile | peak mem |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        f"| {datetime.date.today()} | {device} | `{command}` | {result['mesh']} | "
+        f"{result['params_m']:.1f}M | "
         f"{result['step_ms']:.0f} ms | {result['tokens_per_second']:,.0f} | {mfu} | "
         f"{result['compile_s']:.1f} s | {result['peak_memory_gib']:.2f} GiB |"
     )
