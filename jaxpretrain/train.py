@@ -126,15 +126,34 @@ def make_train_step(
 
 
 def make_eval_step(
-    layout: StateLayout, objective: objectives.Objective, batch_sharding: NamedSharding
+    layout: StateLayout,
+    objective: objectives.Objective,
+    batch_sharding: NamedSharding,
+    micro_steps: int = 1,
 ) -> Callable[..., dict[str, jax.Array]]:
-    """A jitted (params, batch, token_bytes_V) -> summed nll, weight and target bytes."""
+    """A jitted (params, batch, token_bytes_V) -> summed nll, weight and target bytes.
 
-    def eval_step(params, batch, token_bytes_V):
+    With `micro_steps` > 1 the batch is evaluated in that many sequential parts (the train
+    step's `grad_accum_steps`), so eval never holds more activations than a train micro-step.
+    """
+
+    def batch_sums(params, batch, token_bytes_V):
         logits_BLV = _forward(layout.graphdef, params, batch)
         loss_sum, weight_sum = objective.loss(logits_BLV, batch["targets"], batch["loss_weights"])
         bytes_sum = jnp.sum(token_bytes_V[batch["targets"]] * batch["loss_weights"])
         return {"loss_sum": loss_sum, "weight_sum": weight_sum, "bytes_sum": bytes_sum}
+
+    def eval_step(params, batch, token_bytes_V):
+        if micro_steps == 1:
+            return batch_sums(params, batch, token_bytes_V)
+        parts = jax.tree.map(lambda x: mesh_lib.split_batch(x, micro_steps), batch)
+
+        def add_part(totals, part):
+            sums = batch_sums(params, part, token_bytes_V)
+            return jax.tree.map(jnp.add, totals, sums), None
+
+        zeros = {key: jnp.zeros((), jnp.float32) for key in ("loss_sum", "weight_sum", "bytes_sum")}
+        return jax.lax.scan(add_part, zeros, parts)[0]
 
     replicated = mesh_lib.replicated(batch_sharding.mesh)
     jitted = jax.jit(
@@ -279,7 +298,12 @@ def run_training(exp: Experiment, workdir: str) -> TrainResult:
         exp.batch_sharding,
         grad_accum_steps=config.train.grad_accum_steps,
     )
-    eval_step = make_eval_step(exp.layout, exp.objective, exp.batch_sharding)
+    eval_step = make_eval_step(
+        exp.layout,
+        exp.objective,
+        exp.batch_sharding,
+        micro_steps=exp.config.train.grad_accum_steps,
+    )
     token_bytes_V = exp.token_bytes()
     train_iter = pipeline.make_train_iterator(
         exp.manifest,
@@ -381,7 +405,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
             f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; train first (--mode=train)."
         )
     step, state, _ = restored
-    eval_step = make_eval_step(exp.layout, exp.objective, exp.batch_sharding)
+    eval_step = make_eval_step(
+        exp.layout,
+        exp.objective,
+        exp.batch_sharding,
+        micro_steps=exp.config.train.grad_accum_steps,
+    )
     metrics = evaluate(
         eval_step, state["params"], exp.eval_batches(), exp.token_bytes(), exp.batch_sharding
     )

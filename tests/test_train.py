@@ -1,5 +1,6 @@
 """The training loop end to end on tiny prepared data: learning, resume, meshes, dry run, eval."""
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -190,11 +191,22 @@ def test_pipelined_run_resumes_exactly(data_dir, tmp_path):
     )
 
 
-def test_evaluate_matches_a_numpy_reference(data_dir, tmp_path):
-    config = tiny_config(data_dir)
+@pytest.mark.parametrize(
+    "mesh_keys",
+    [
+        dict(),
+        # Pipelined, tensor-parallel, and evaluated in 2 micro-steps like the train step.
+        dict(data=2, tensor=2, pipe=2, microbatches=2),
+    ],
+)
+def test_evaluate_matches_a_numpy_reference(data_dir, tmp_path, mesh_keys):
+    config = tiny_config(data_dir, grad_accum_steps=2 if mesh_keys else 1)
+    config.mesh.update(mesh_keys)
     exp = train.build_experiment(config, str(tmp_path))
     state = state_lib.init_state(exp.model_config, exp.tx, exp.layout, seed=0)
-    eval_step = train.make_eval_step(exp.layout, exp.objective, exp.batch_sharding)
+    eval_step = train.make_eval_step(
+        exp.layout, exp.objective, exp.batch_sharding, config.train.grad_accum_steps
+    )
     batches = list(exp.eval_batches())
     metrics = train.evaluate(
         eval_step, state["params"], batches, exp.token_bytes(), exp.batch_sharding
@@ -202,7 +214,12 @@ def test_evaluate_matches_a_numpy_reference(data_dir, tmp_path):
 
     from flax import nnx
 
-    model = nnx.merge(exp.layout.graphdef, state["params"])
+    # The reference runs the layers in order on one device, whatever the run's mesh.
+    unpipelined = dataclasses.replace(
+        exp.model_config, pipeline_stages=1, pipeline_repeats=1, pipeline_microbatches=1
+    )
+    graphdef = state_lib.abstract_model(unpipelined)[0]
+    model = nnx.merge(graphdef, jax.device_get(state["params"]))
     token_bytes = exp.tokenizer.token_byte_lengths()
     nll_sum = weight_sum = byte_sum = 0.0
     for batch in batches:
