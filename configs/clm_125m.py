@@ -1,5 +1,9 @@
 """125M-parameter causal LM (GPT-3 Small shapes, Llama-style blocks), 0.5M-token batches.
 
+Meant for one 8-GPU node or a small TPU slice (v5e-8 / v4-8), data parallel over every device.
+On fewer devices raise `train.grad_accum_steps`: the float32 logits of the 512 x 1024-token
+batch alone are 67 GB (524,288 tokens x 32,000 x 4 bytes).
+
     python -m jaxpretrain.main --config=configs/clm_125m.py --workdir=gs://BUCKET/clm_125m \
         --config.data.dir=gs://BUCKET/data/my_corpus
 """

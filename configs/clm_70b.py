@@ -3,8 +3,8 @@
 
 Meant for 32+ nodes of 8 H100/H200s, or a TPU v5p-512+ slice (with `mesh.tensor=4`, a v5p
 tray): parameters + Adam state are 69.0B x 12 bytes = 771 GiB in all, 3 GiB per device on 256.
-On fewer, slower-linked hosts switch to the pipeline preset, e.g.
-`--config.mesh.pipe=4 --config.mesh.tensor=8 --config.mesh.fsdp=-1 --config.mesh.microbatches=8`.
+Over slow links between hosts add pipeline stages across them, e.g.
+`--config.mesh.pipe=4 --config.mesh.microbatches=8` (tensor 8 x FSDP inside each stage).
 
     python -m jaxpretrain.main --config=configs/clm_70b.py --workdir=gs://BUCKET/clm_70b \
         --config.data.dir=gs://BUCKET/data/my_corpus

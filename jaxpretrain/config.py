@@ -31,17 +31,18 @@ DEFAULT_AXIS_RULES = (
     ("stage", "pipe"),
 )
 
-# Mesh presets (`config.mesh.update(MESH_PRESETS[name])` in a config file), from the simplest:
-#   fsdp        every device shards parameters, optimizer state and the batch (ZeRO-3); the
-#               default choice up to ~10B parameters on a fast interconnect.
-#   fsdp_tp     8-way tensor parallelism inside a host (NVLink / a TPU tray) and FSDP across:
-#               for models whose per-device batch would otherwise drop below ~1 sequence.
-#   dp_fsdp_pp  4 pipeline stages (e.g. across slices / slow links), FSDP inside a stage, data
-#               parallel over what is left; 8 microbatches per pipeline pass.
+# Mesh presets (`config.mesh.update(MESH_PRESETS[name])` in a config file), from the simplest;
+# `docs/parallelism.md` says how to choose:
+#   fsdp        every device shards parameters, optimizer state and the batch (ZeRO-3): the
+#               default up to ~10-20B parameters on a fast interconnect.
+#   fsdp_tp     8-way tensor parallelism inside a host (NVLink / a TPU tray), FSDP across: when
+#               FSDP alone would leave under ~1 sequence per device or its all-gathers dominate.
+#   dp_fsdp_pp  4 pipeline stages across hosts, FSDP inside a stage, 2 data-parallel replicas;
+#               8 microbatches per pipeline pass: for slow links between hosts.
 MESH_PRESETS = {
     "fsdp": dict(data=1, fsdp=-1, tensor=1, pipe=1, microbatches=1, pipeline_repeats=1),
     "fsdp_tp": dict(data=1, fsdp=-1, tensor=8, pipe=1, microbatches=1, pipeline_repeats=1),
-    "dp_fsdp_pp": dict(data=-1, fsdp=2, tensor=1, pipe=4, microbatches=8, pipeline_repeats=1),
+    "dp_fsdp_pp": dict(data=2, fsdp=-1, tensor=1, pipe=4, microbatches=8, pipeline_repeats=1),
 }
 
 
@@ -166,9 +167,13 @@ def resolve_mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) ->
 
 
 def validate(
-    config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1
+    config: ml_collections.ConfigDict, num_devices: int, tokenizer_vocab: int | None = None
 ) -> dict[str, int]:
-    """Checks values that would fail late (or silently); returns the resolved mesh shape."""
+    """Checks values that would fail late (or silently); returns the resolved mesh shape.
+
+    `tokenizer_vocab` is the prepared data's vocabulary size once known (see
+    `resolve_vocab_size`).
+    """
     _positive(config, "train.steps", "train.batch_size", "train.seq_len", "train.log_every")
     _positive(config, "checkpoint.every", "checkpoint.max_to_keep", "train.grad_accum_steps")
     _positive(config, "mesh.microbatches", "mesh.pipeline_repeats")
@@ -190,14 +195,10 @@ def validate(
         raise ConfigError(f"config key eval.every={config.eval.every} must be >= 0 (0 = off).")
 
     mesh_shape = resolve_mesh_shape(config.mesh, num_devices)
-    model_config(config, mesh_shape, vocab_size=max(config.model.vocab_size, 1))
-    _check_tensor_parallel(config, mesh_shape["tensor"])
+    vocab_size = resolve_vocab_size(config, tokenizer_vocab)
+    model_config(config, mesh_shape, vocab_size)
+    _check_tensor_parallel(config, mesh_shape["tensor"], vocab_size)
     _check_batch_split(config, mesh_shape)
-    if config.train.batch_size % process_count:
-        raise ConfigError(
-            f"config key train.batch_size={config.train.batch_size} is not divisible by the "
-            f"{process_count} processes; use a multiple of {process_count}."
-        )
 
     from jaxpretrain import objectives  # late import: objectives import jax-heavy modules
 
@@ -229,7 +230,22 @@ def model_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, int], 
         raise ConfigError(str(error)) from error
 
 
-def _check_tensor_parallel(config: ml_collections.ConfigDict, tensor: int) -> None:
+def resolve_vocab_size(config: ml_collections.ConfigDict, tokenizer_vocab: int | None) -> int:
+    """`model.vocab_size`, with -1 meaning the tokenizer's (or `data.vocab_size` before one exists).
+
+    Raises ConfigError when an explicit `model.vocab_size` cannot hold the tokenizer's ids.
+    """
+    if config.model.vocab_size == -1:
+        return tokenizer_vocab if tokenizer_vocab is not None else config.data.vocab_size
+    if tokenizer_vocab is not None and config.model.vocab_size < tokenizer_vocab:
+        raise ConfigError(
+            f"config key model.vocab_size={config.model.vocab_size} is smaller than the "
+            f"tokenizer's vocabulary ({tokenizer_vocab}); use -1 or a value >= {tokenizer_vocab}."
+        )
+    return config.model.vocab_size
+
+
+def _check_tensor_parallel(config: ml_collections.ConfigDict, tensor: int, vocab: int) -> None:
     for key in ("num_heads", "num_kv_heads", "mlp_dim"):
         value = config.model[key]
         if value % tensor:
@@ -238,6 +254,12 @@ def _check_tensor_parallel(config: ml_collections.ConfigDict, tensor: int) -> No
                 f"(tensor parallelism shards it); use a multiple of {tensor} or a smaller "
                 "mesh.tensor."
             )
+    if vocab % tensor:
+        raise ConfigError(
+            f"config key model.vocab_size={config.model.vocab_size} resolves to {vocab}, which "
+            f"does not split over mesh.tensor={tensor}; set model.vocab_size to a multiple of "
+            f"{tensor} (>= {vocab}): the ids above the tokenizer's are never produced."
+        )
 
 
 def _check_batch_split(config: ml_collections.ConfigDict, mesh_shape: dict[str, int]) -> None:

@@ -99,7 +99,7 @@ def main(argv: list[str]) -> None:
 
     config, workdir = _CONFIG.value, _WORKDIR.value
     try:
-        config_lib.validate(config, jax.device_count(), jax.process_count())
+        config_lib.validate(config, jax.device_count())
         if _MODE.value == "dry_run":
             print(train.dry_run(config))
             return

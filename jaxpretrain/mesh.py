@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor", "pipe")
+# Device order, slowest-linked first: consecutive devices (one host, one NVLink domain, one TPU
+# tray) fill `tensor` first, then `fsdp`; `pipe` and `data` span hosts. Tensor parallelism
+# talks inside every layer, pipeline stages only once per microbatch.
+MESH_AXES = ("data", "pipe", "fsdp", "tensor")
 
 AxisRules = Sequence[tuple[str, str | Sequence[str] | None]]
 
 
 def make_mesh(mesh_shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh with axes (data, fsdp, tensor, pipe) of the given sizes (product = device count)."""
+    """A mesh with axes `MESH_AXES` of the given sizes (product = device count)."""
     sizes = tuple(mesh_shape[axis] for axis in MESH_AXES)
     # Auto axes: sharding is propagated by the compiler from the in/out shardings we give jit.
     return jax.make_mesh(
@@ -95,6 +98,39 @@ def shardings_for(
 def batch_sharding(mesh: Mesh, rules: AxisRules) -> NamedSharding:
     """Sharding of a [batch, length] input array."""
     return NamedSharding(mesh, logical_to_mesh_spec(("batch", "length"), rules))
+
+
+def data_slots(
+    batch_sharding: NamedSharding,
+    global_rows: int,
+    process_of: Callable[[jax.Device], int] = lambda device: device.process_index,
+) -> dict[int, tuple[int, int]]:
+    """Which part of the global batch each process loads: {process: (slot, number of slots)}.
+
+    A process loads the rows its devices hold. With only `data`/`fsdp` across processes every
+    process holds its own rows (slot = process index). When `tensor` or `pipe` spans processes,
+    several processes hold copies of the same rows: they get the same slot, load the same
+    documents and so feed identical copies, as `jax.make_array_from_process_local_data` needs.
+
+    Raises ValueError when two processes hold overlapping but different rows (no loader split
+    can feed that mesh).
+    """
+    rows_by_process: dict[int, set[int]] = {}
+    for device, index in batch_sharding.devices_indices_map((global_rows, 1)).items():
+        rows = range(*index[0].indices(global_rows))
+        rows_by_process.setdefault(process_of(device), set()).update(rows)
+    distinct = sorted({frozenset(rows) for rows in rows_by_process.values()}, key=min)
+    if sum(len(rows) for rows in distinct) != global_rows:
+        raise ValueError(
+            f"mesh {dict(batch_sharding.mesh.shape)} gives processes overlapping parts of the "
+            f"{global_rows}-row batch; change the mesh so that each process's devices hold "
+            "either the same rows as another process or rows of their own."
+        )
+    slot_of = {rows: slot for slot, rows in enumerate(distinct)}
+    return {
+        process: (slot_of[frozenset(rows)], len(distinct))
+        for process, rows in rows_by_process.items()
+    }
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -27,21 +27,6 @@ from jaxpretrain.model import ModelConfig, Transformer
 TrainState = dict[str, Any]  # {"step": int32[], "params": pure dict, "opt_state", "rng": u32[2]}
 
 
-def resolve_vocab_size(config: ml_collections.ConfigDict, tokenizer_vocab: int | None) -> int:
-    """`model.vocab_size`, with -1 meaning the tokenizer's (or `data.vocab_size` before one exists).
-
-    Raises ConfigError when an explicit `model.vocab_size` cannot hold the tokenizer's ids.
-    """
-    if config.model.vocab_size == -1:
-        return tokenizer_vocab if tokenizer_vocab is not None else config.data.vocab_size
-    if tokenizer_vocab is not None and config.model.vocab_size < tokenizer_vocab:
-        raise config_lib.ConfigError(
-            f"config key model.vocab_size={config.model.vocab_size} is smaller than the "
-            f"tokenizer's vocabulary ({tokenizer_vocab}); use -1 or a value >= {tokenizer_vocab}."
-        )
-    return config.model.vocab_size
-
-
 def _make_model(model_cfg: ModelConfig, rng: jax.Array) -> Transformer:
     # Shardings come from jit's out_shardings below, not from a mesh context at construction.
     with nnx.use_eager_sharding(False):
@@ -133,6 +118,9 @@ class Setup:
     schedule: optax.Schedule
     layout: StateLayout
     batch_sharding: NamedSharding
+    # (slot, slots): this process loads part `slot` of `slots` of each global batch; processes
+    # holding copies of the same rows (tensor or pipe across hosts) share a slot.
+    data_slot: tuple[int, int]
 
 
 def setup(
@@ -156,24 +144,23 @@ def setup(
       ConfigError: a value that cannot work on these devices, naming the key.
     """
     devices = list(devices or jax.devices())
-    mesh_shape = config_lib.validate(config, len(devices), jax.process_count())
+    mesh_shape = config_lib.validate(config, len(devices), tokenizer_vocab)
     mesh = mesh_lib.make_mesh(mesh_shape, devices)
     rules = tuple(tuple(rule) for rule in config.mesh.rules)
-    vocab_size = resolve_vocab_size(config, tokenizer_vocab)
-    if vocab_size % mesh_shape["tensor"]:
-        raise config_lib.ConfigError(
-            f"config key model.vocab_size={config.model.vocab_size} resolves to {vocab_size}, "
-            f"which does not split over mesh.tensor={mesh_shape['tensor']}; set model.vocab_size "
-            f"to a multiple of {mesh_shape['tensor']} (>= {vocab_size}), the ids above the "
-            "tokenizer's are never used."
-        )
+    vocab_size = config_lib.resolve_vocab_size(config, tokenizer_vocab)
     model_cfg = config_lib.model_config(config, mesh_shape, vocab_size)
     tx = optim.make_optimizer(config.train)
+    batch_sharding = mesh_lib.batch_sharding(mesh, rules)
+    try:
+        slots = mesh_lib.data_slots(batch_sharding, config.train.batch_size)
+    except ValueError as error:
+        raise config_lib.ConfigError(str(error)) from error
     return Setup(
         mesh=mesh,
         model_config=model_cfg,
         tx=tx,
         schedule=optim.learning_rate_schedule(config.train),
         layout=state_layout(model_cfg, tx, mesh, rules),
-        batch_sharding=mesh_lib.batch_sharding(mesh, rules),
+        batch_sharding=batch_sharding,
+        data_slot=slots[jax.process_index()],
     )

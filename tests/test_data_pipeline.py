@@ -357,7 +357,7 @@ def batch_sharding():
 
 def test_global_arrays_are_sharded_over_data_and_fsdp(manifest, batch_sharding):
     batch = next(_train_iterator(manifest, batch_size_per_process=16))
-    arrays = device.to_global_arrays(batch, batch_sharding)
+    arrays = device.to_global_arrays(batch, batch_sharding, 16)
     assert set(arrays) == set(batch)
     for feature, array in arrays.items():
         assert array.shape == (16, SEQ_LEN) and array.dtype == batch[feature].dtype

@@ -137,11 +137,33 @@ def test_batch_that_does_not_split_into_microbatches_is_a_clear_error():
         model(tokens, tokens, tokens, tokens * 0)
 
 
-def test_bubble_fraction_matches_idle_stage_iterations_of_the_schedule():
-    for stages, repeats, microbatches in [(4, 1, 8), (4, 2, 8), (2, 3, 2)]:
-        iterations = repeats * microbatches + stages - 1
-        busy = sum(
-            0 <= t - s < repeats * microbatches for t in range(iterations) for s in range(stages)
-        )
-        idle = 1 - busy / (stages * iterations)
-        assert bubble_fraction(stages, repeats, microbatches) == pytest.approx(idle)
+def scan_lengths(jaxpr) -> list[int]:
+    """Lengths of every scan in a jaxpr, nested ones included."""
+    lengths = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            lengths.append(eqn.params["length"])
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", None)
+            if inner is not None and hasattr(inner, "eqns"):
+                lengths.extend(scan_lengths(inner))
+    return lengths
+
+
+@pytest.mark.parametrize(("stages", "repeats", "microbatches"), [(4, 1, 8), (4, 2, 8), (2, 3, 2)])
+def test_the_pipeline_runs_the_iterations_the_bubble_formula_assumes(stages, repeats, microbatches):
+    cfg = model_config(
+        stages * repeats,
+        pipeline_stages=stages,
+        pipeline_repeats=repeats,
+        pipeline_microbatches=microbatches,
+    )
+    graphdef, abstract, _ = state_lib.abstract_model(cfg)
+    features = [jax.ShapeDtypeStruct((microbatches, LENGTH), jnp.int32)] * 4
+    jaxpr = jax.make_jaxpr(lambda p, *f: nnx.merge(graphdef, p)(*f))(abstract, *features)
+    # The outer scan is the schedule; the inner one runs a stage's layers.
+    iterations = max(scan_lengths(jaxpr.jaxpr))
+    assert iterations == repeats * microbatches + stages - 1
+    useful = stages * repeats * microbatches  # stage-iterations that carry a microbatch
+    idle = 1 - useful / (stages * iterations)
+    assert bubble_fraction(stages, repeats, microbatches) == pytest.approx(idle)

@@ -16,6 +16,7 @@ from jaxpretrain import mesh as mesh_lib
 from jaxpretrain import state as state_lib
 from jaxpretrain import train
 from jaxpretrain.curate import prepare
+from jaxpretrain.data import device as data_device
 from jaxpretrain.data import pipeline
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
@@ -131,6 +132,12 @@ MESHES = {
     "accum2_one_device": (dict(data=1), 2, 2),
     "accum2_data2_fsdp2_tensor2": (dict(data=2, fsdp=2, tensor=2), 2, 2),
     "accum2_pipe2_fsdp4": (dict(data=1, fsdp=4, pipe=2, microbatches=1), 2, 2),
+    # Everything at once, with full remat (as configs/clm_7b.py and clm_70b.py run).
+    "accum2_pipe2_fsdp2_tensor2_circular_remat": (
+        dict(data=1, fsdp=2, tensor=2, pipe=2, microbatches=2, pipeline_repeats=2),
+        4,
+        2,
+    ),
 }
 
 
@@ -140,27 +147,32 @@ def test_sharded_training_equals_single_device(data_dir, tmp_path, single_device
     mesh_keys, num_layers, accum = MESHES[name]
     config = tiny_config(data_dir, steps=3, grad_accum_steps=accum)
     config.model.num_layers = num_layers
+    if name.endswith("remat"):
+        config.model.remat_policy = "full"
     config.mesh.update(mesh_keys)
     devices = jax.devices()[:1] if name == "accum2_one_device" else None
     sharded = train.train_and_evaluate(config, str(tmp_path), devices=devices)
     reference = single_device_runs(num_layers)
 
-    # Parameters and Adam moments really are split as the rules say, not replicated.
+    # Parameters and both Adam moments really are split as the rules say, not replicated:
+    # layers over pipe, embed over fsdp, heads / kv heads / mlp / vocab over tensor.
     mesh = sharded.experiment.mesh.shape
-    expected_shard = (num_layers // mesh["pipe"], 64 // mesh["fsdp"], 128 // mesh["tensor"])
-    kernels = {
-        path: leaf
-        for path, leaf in leaves_by_path(sharded.state).items()
-        if "['layers']['mlp']['up']['kernel']" in path
+    layers, fsdp, tensor = num_layers // mesh["pipe"], 64 // mesh["fsdp"], mesh["tensor"]
+    expected_shards = {
+        "['layers']['mlp']['up']['kernel']": (layers, fsdp, 128 // tensor),
+        "['layers']['mlp']['down']['kernel']": (layers, 128 // tensor, fsdp),
+        "['layers']['attention']['query']['kernel']": (layers, fsdp, 4 // tensor, 16),
+        "['layers']['attention']['key']['kernel']": (layers, fsdp, 2 // tensor, 16),
+        "['layers']['attention']['value']['kernel']": (layers, fsdp, 2 // tensor, 16),
+        "['layers']['attention']['out']['kernel']": (layers, 4 // tensor, 16, fsdp),
+        "['embed']['embedding']": (512 // tensor, fsdp),
     }
-    assert len(kernels) == 3  # the parameter, Adam's mu and nu
-    for leaf in kernels.values():
-        assert leaf.sharding.shard_shape(leaf.shape) == expected_shard
-    embedding = sharded.state["params"]["embed"]["embedding"]
-    assert embedding.sharding.shard_shape(embedding.shape) == (
-        512 // mesh["tensor"],
-        64 // mesh["fsdp"],
-    )
+    leaves = leaves_by_path(sharded.state)
+    for name_suffix, shard_shape in expected_shards.items():
+        copies = {path: leaf for path, leaf in leaves.items() if path.endswith(name_suffix)}
+        assert len(copies) == 3, copies.keys()  # the parameter, Adam's mu and nu
+        for path, leaf in copies.items():
+            assert leaf.sharding.shard_shape(leaf.shape) == shard_shape, path
 
     for step, (loss, grad_norm) in losses(reference.history).items():
         np.testing.assert_allclose(losses(sharded.history)[step], (loss, grad_norm), rtol=2e-5)
@@ -168,6 +180,28 @@ def test_sharded_training_equals_single_device(data_dir, tmp_path, single_device
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
         jax.device_get(reference.state["params"]),
         jax.device_get(sharded.state["params"]),
+    )
+
+
+def test_gradient_accumulation_weighs_every_token_equally(data_dir, tmp_path):
+    """Micro-steps with different numbers of target tokens: sum / sum, not a mean of means."""
+    config = tiny_config(data_dir)
+    exp = train.build_experiment(config, str(tmp_path), devices=jax.devices()[:1])
+    batch = next(iter(exp.eval_batches()))
+    batch["loss_weights"][0::2, 8:] = 0  # rows of micro-step 0 (rows i mod 2) keep 8 targets
+    results = {}
+    for accum in (1, 2):
+        step = train.make_train_step(
+            exp.layout, exp.objective, exp.tx, exp.schedule, exp.batch_sharding, accum
+        )
+        state = state_lib.init_state(exp.model_config, exp.tx, exp.layout, seed=0)
+        state, metrics = step(state, data_device.to_global_arrays(batch, exp.batch_sharding, 8))
+        results[accum] = jax.device_get((metrics, state["params"]))
+    (metrics_1, params_1), (metrics_2, params_2) = results[1], results[2]
+    for key in ("loss", "grad_norm"):
+        np.testing.assert_allclose(metrics_2[key], metrics_1[key], rtol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), params_1, params_2
     )
 
 
@@ -190,6 +224,19 @@ def test_pipelined_run_resumes_exactly(data_dir, tmp_path):
         jax.device_get(resumed.state["params"]),
     )
 
+    # Parameters keep their layout whatever the pipeline: the checkpoint restores on one device.
+    config.mesh.update(data=1, fsdp=1, pipe=1, microbatches=1, pipeline_repeats=1)
+    one_device = train.build_experiment(config, str(tmp_path / "a"), devices=jax.devices()[:1])
+    checkpointer = one_device.checkpointer(str(tmp_path / "a"))
+    step, state, _ = checkpointer.restore(one_device.layout.abstract_state)
+    checkpointer.close()
+    assert step == 6
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        jax.device_get(uninterrupted.state["params"]),
+        jax.device_get(state["params"]),
+    )
+
 
 @pytest.mark.parametrize(
     "mesh_keys",
@@ -209,7 +256,7 @@ def test_evaluate_matches_a_numpy_reference(data_dir, tmp_path, mesh_keys):
     )
     batches = list(exp.eval_batches())
     metrics = train.evaluate(
-        eval_step, state["params"], batches, exp.token_bytes(), exp.batch_sharding
+        eval_step, state["params"], batches, exp.token_bytes(), exp.batch_sharding, 8
     )
 
     from flax import nnx
@@ -263,10 +310,10 @@ def test_70b_config_lays_out_under_every_mesh_preset(preset):
     config.mesh.update(config_lib.MESH_PRESETS[preset])
     report = train.dry_run(config)
     assert "68,976.6M parameters" in report  # Llama-2-70B's published count (69.0B)
-    # 69.0B x 12 bytes / 8 devices = 96.4 GiB when every parameter is split 8 ways. The
-    # pipeline preset splits the layers 8 ways (4 stages x fsdp 2) but the embedding and output
-    # layer (2 x 32000 x 8192 x 12 bytes = 5.9 GiB) only over fsdp=2: +2.2 GiB.
-    expected = {"fsdp": "96.36 GiB", "fsdp_tp": "96.37 GiB", "dp_fsdp_pp": "98.56 GiB"}
+    # 69.0B x 12 bytes / 8 devices = 96.4 GiB when every parameter is split 8 ways. On 8
+    # devices the pipeline preset is data=2 x pipe=4 x fsdp=1: layers split 4 ways (192.7 GiB)
+    # and the embedding and output layer (5.9 GiB) not at all.
+    expected = {"fsdp": "96.36 GiB", "fsdp_tp": "96.37 GiB", "dp_fsdp_pp": "197.11 GiB"}
     assert expected[preset] in report
 
 
