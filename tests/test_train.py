@@ -70,8 +70,17 @@ def test_validation_loss_falls(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_resumed_run_equals_uninterrupted_run(data_dir, tmp_path):
+@pytest.mark.parametrize(
+    ("mesh_keys", "num_layers"),
+    [
+        (dict(), 2),  # data parallel over the 8 devices
+        (dict(data=1, fsdp=4, pipe=2, microbatches=2, pipeline_repeats=2), 4),  # circular
+    ],
+)
+def test_resumed_run_equals_uninterrupted_run(data_dir, tmp_path, mesh_keys, num_layers):
     config = tiny_config(data_dir)
+    config.model.num_layers = num_layers
+    config.mesh.update(mesh_keys)
     uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"))
 
     # An interruption after the step-3 checkpoint: the same workdir without what came later.
@@ -90,6 +99,19 @@ def test_resumed_run_equals_uninterrupted_run(data_dir, tmp_path):
     with open(tmp_path / "b" / "metrics.jsonl") as f:
         steps = [json.loads(line)["step"] for line in f]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+    # Parameters keep their layout whatever the mesh: the checkpoint restores on one device.
+    config.mesh.update(data=1, fsdp=1, pipe=1, microbatches=1, pipeline_repeats=1)
+    one_device = train.build_experiment(config, str(tmp_path / "a"), devices=jax.devices()[:1])
+    checkpointer = one_device.checkpointer(str(tmp_path / "a"))
+    step, state, _ = checkpointer.restore(one_device.layout.abstract_state)
+    checkpointer.close()
+    assert step == 6
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        jax.device_get(uninterrupted.state["params"]),
+        jax.device_get(state["params"]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -202,39 +224,6 @@ def test_gradient_accumulation_weighs_every_token_equally(data_dir, tmp_path):
         np.testing.assert_allclose(metrics_2[key], metrics_1[key], rtol=1e-6)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), params_1, params_2
-    )
-
-
-@pytest.mark.slow
-def test_pipelined_run_resumes_exactly(data_dir, tmp_path):
-    config = tiny_config(data_dir)
-    config.model.num_layers = 4
-    config.mesh.update(data=1, fsdp=4, pipe=2, microbatches=2, pipeline_repeats=2)
-    uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"))
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
-    shutil.rmtree(tmp_path / "b" / "checkpoints" / "6")
-    resumed = train.train_and_evaluate(config, str(tmp_path / "b"))
-
-    assert sorted(losses(resumed.history)) == [4, 5, 6]
-    for step, (loss, grad_norm) in losses(resumed.history).items():
-        assert (loss, grad_norm) == losses(uninterrupted.history)[step]
-    jax.tree.map(
-        np.testing.assert_array_equal,
-        jax.device_get(uninterrupted.state["params"]),
-        jax.device_get(resumed.state["params"]),
-    )
-
-    # Parameters keep their layout whatever the pipeline: the checkpoint restores on one device.
-    config.mesh.update(data=1, fsdp=1, pipe=1, microbatches=1, pipeline_repeats=1)
-    one_device = train.build_experiment(config, str(tmp_path / "a"), devices=jax.devices()[:1])
-    checkpointer = one_device.checkpointer(str(tmp_path / "a"))
-    step, state, _ = checkpointer.restore(one_device.layout.abstract_state)
-    checkpointer.close()
-    assert step == 6
-    jax.tree.map(
-        np.testing.assert_array_equal,
-        jax.device_get(uninterrupted.state["params"]),
-        jax.device_get(state["params"]),
     )
 
 
