@@ -109,8 +109,21 @@ def default_config() -> ml_collections.ConfigDict:
     c.mesh.pipeline_repeats = 1  # 1: GPipe schedule; > 1: circular, layer groups per stage
     c.mesh.rules = DEFAULT_AXIS_RULES
 
+    # The objective and its settings; each objective reads only its own keys and checks them.
     c.objective = ml_collections.ConfigDict()
-    c.objective.name = "causal_lm"
+    c.objective.name = "causal_lm"  # causal_lm | mlm | prefix_lm | span_corruption | ul2
+    c.objective.mask_prob = 0.15  # mlm: share of non-special tokens selected (80/10/10)
+    # prefix_lm (and UL2's S-denoiser): the prefix is a uniform fraction of each window in
+    # [prefix_min_fraction, prefix_max_fraction]; the rest is the target.
+    c.objective.prefix_min_fraction = 0.1
+    c.objective.prefix_max_fraction = 0.9
+    c.objective.noise_density = 0.15  # span_corruption: share of tokens masked
+    c.objective.mean_noise_span_length = 3.0  # span_corruption: mean span length
+    # ul2: how often each denoiser family is drawn (normalised): R (short spans, [NLU]),
+    # X (extreme spans / rates, [NLG]) and S (prefix LM, [S2S]).
+    c.objective.ul2_r_rate = 0.4
+    c.objective.ul2_x_rate = 0.4
+    c.objective.ul2_s_rate = 0.2
 
     c.data = ml_collections.ConfigDict()
     c.data.dir = ""  # prepared data (manifest.json + shards); empty: WORKDIR/data
@@ -207,6 +220,10 @@ def validate(
             f"config key objective.name={config.objective.name!r} is unknown; use one of "
             f"{', '.join(objectives.names())}."
         )
+    try:
+        objectives.get(config.objective.name).check_settings(config.objective, config.train.seq_len)
+    except ValueError as error:
+        raise ConfigError(f"config key {error}") from error
     return mesh_shape
 
 

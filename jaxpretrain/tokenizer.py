@@ -2,14 +2,17 @@
 
 Layout of every tokenizer trained here (ids are fixed so data, model and objectives agree):
 
-    0 <pad>   1 </s> (eos)   2 <s> (bos)   3 <unk>   4 <mask>   5..104 <extra_id_0>..<extra_id_99>
-    105..360  byte pieces <0x00>..<0xFF> (byte fallback: any UTF-8 text encodes without <unk>)
-    361..     learned pieces
+    0 <pad>   1 </s> (eos)   2 <s> (bos)   3 <unk>   4 <mask>   5 [NLU]   6 [NLG]   7 [S2S]
+    8..107    <extra_id_99>..<extra_id_0> (as in T5, extra_id_0 has the highest id, so the
+              sentinels of consecutive spans decrease)
+    108..363  byte pieces <0x00>..<0xFF> (byte fallback: any UTF-8 text encodes without <unk>)
+    364..     learned pieces
 
-`<mask>` and the sentinels are control symbols: the ids exist for objectives to insert, but text
-that happens to contain the string "<mask>" encodes as ordinary characters, so raw data can never
-inject a mask. Normalization is the identity and whitespace is kept (no extra-whitespace removal,
-no dummy prefix), so `decode(encode(text)) == text` for any text, including code indentation.
+`<mask>` (MLM), the UL2 paradigm tokens and the sentinels (span corruption) are control
+symbols: the ids exist for objectives to insert, but text that happens to contain the string
+"<mask>" encodes as ordinary characters, so raw data can never inject a mask. Normalization is
+the identity and whitespace is kept (no extra-whitespace removal, no dummy prefix), so
+`decode(encode(text)) == text` for any text, including code indentation.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ EOS_ID = 1
 BOS_ID = 2
 UNK_ID = 3
 MASK_PIECE = "<mask>"
+# UL2's mode tokens, prepended to an example to name its denoiser: R (NLU), X (NLG), S (S2S).
+PARADIGM_PIECES = ("[NLU]", "[NLG]", "[S2S]")
 NUM_SENTINELS = 100
 SENTINEL_PIECES = tuple(f"<extra_id_{i}>" for i in range(NUM_SENTINELS))
 NUM_BYTE_PIECES = 256
-# pad, eos, bos, unk, mask, sentinels and the byte pieces come before any learned piece.
-NUM_RESERVED_IDS = 4 + 1 + NUM_SENTINELS + NUM_BYTE_PIECES
+# pad, eos, bos, unk, mask, paradigms, sentinels and the byte pieces precede any learned piece.
+NUM_RESERVED_IDS = 4 + 1 + len(PARADIGM_PIECES) + NUM_SENTINELS + NUM_BYTE_PIECES
 # A tokenizer needs some learned pieces beyond the reserved ids to be worth training.
 MIN_VOCAB_SIZE = NUM_RESERVED_IDS + 64
 
@@ -48,7 +53,8 @@ class SpecialIds:
     eos: int
     unk: int
     mask: int
-    sentinels: tuple[int, ...]
+    sentinels: tuple[int, ...]  # sentinels[i] is <extra_id_i>, the sentinel of the i-th span
+    paradigms: tuple[int, int, int] = (5, 6, 7)  # [NLU], [NLG], [S2S]
 
     def to_json(self) -> dict[str, int | list[int]]:
         """Returns a JSON-serialisable dict (sentinels as a list)."""
@@ -59,6 +65,7 @@ class SpecialIds:
             "unk": self.unk,
             "mask": self.mask,
             "sentinels": list(self.sentinels),
+            "paradigms": list(self.paradigms),
         }
 
     @classmethod
@@ -71,6 +78,7 @@ class SpecialIds:
             unk=int(value["unk"]),
             mask=int(value["mask"]),
             sentinels=tuple(int(i) for i in value["sentinels"]),
+            paradigms=tuple(int(i) for i in value["paradigms"]),
         )
 
 
@@ -168,7 +176,8 @@ def _read_special_ids(processor: spm.SentencePieceProcessor, name: str) -> Speci
         if token_id == unk or not processor.IsControl(token_id):
             raise ValueError(
                 f"Tokenizer {name} has no control piece {piece!r}; train it with "
-                "jaxpretrain.tokenizer.train_tokenizer, which reserves <mask> and the sentinels."
+                "jaxpretrain.tokenizer.train_tokenizer, which reserves <mask>, the UL2 paradigm "
+                "tokens and the sentinels."
             )
         return token_id
 
@@ -186,6 +195,7 @@ def _read_special_ids(processor: spm.SentencePieceProcessor, name: str) -> Speci
         unk=unk,
         mask=control_id(MASK_PIECE),
         sentinels=tuple(control_id(piece) for piece in SENTINEL_PIECES),
+        paradigms=tuple(control_id(piece) for piece in PARADIGM_PIECES),
     )
 
 
@@ -227,7 +237,7 @@ def train_tokenizer(
     Args:
       texts: training documents (only the train split: validation text must stay unseen).
       model_path: where the `.model` file is written (parent directories are created).
-      vocab_size: total ids including the 361 reserved ones; at least `MIN_VOCAB_SIZE`.
+      vocab_size: total ids including the 364 reserved ones; at least `MIN_VOCAB_SIZE`.
       model_type: 'bpe' (fast to train; the default) or 'unigram'.
       max_training_chunks: cap on training chunks (each up to `max_chunk_chars` characters),
         sampled uniformly with `seed`; it bounds training time (~40 MB at the defaults).
@@ -264,7 +274,7 @@ def train_tokenizer(
             eos_id=EOS_ID,
             bos_id=BOS_ID,
             unk_id=UNK_ID,
-            control_symbols=[MASK_PIECE, *SENTINEL_PIECES],
+            control_symbols=[MASK_PIECE, *PARADIGM_PIECES, *reversed(SENTINEL_PIECES)],
             byte_fallback=True,
             split_digits=True,
             normalization_rule_name="identity",

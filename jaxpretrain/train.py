@@ -277,6 +277,7 @@ def build_experiment(
             objective.make_examples,
             seq_len=config.train.seq_len,
             special_ids=manifest.special_ids,
+            settings=ml_collections.FrozenConfigDict(config.objective),
         ),
     )
 
@@ -367,10 +368,18 @@ def run_training(exp: Experiment, workdir: str) -> TrainResult:
         write(0, run_eval(state["params"]))
 
     pending: list[dict[str, jax.Array]] = []
+    # Host-side token counts of the interval's batches: positions, non-pad, carrying loss.
+    interval_tokens = np.zeros(3, np.int64)
     interval_start, interval_steps = time.perf_counter(), 0
     for step in range(start_step + 1, config.train.steps + 1):
+        host_batch = next(train_iter)
+        interval_tokens += (
+            host_batch["segment_ids"].size,
+            np.count_nonzero(host_batch["segment_ids"]),
+            np.count_nonzero(host_batch["loss_weights"]),
+        )
         batch = data_device.to_global_arrays(
-            next(train_iter), exp.batch_sharding, config.train.batch_size
+            host_batch, exp.batch_sharding, config.train.batch_size
         )
         state, metrics = train_step(state, batch)
         pending.append(metrics)
@@ -401,11 +410,15 @@ def run_training(exp: Experiment, workdir: str) -> TrainResult:
                 "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
                 "tokens_per_second": tokens_per_second,
                 "mfu": flops.mfu(tokens_per_second, flops_per_token, peak, exp.mesh.size),
+                # Share of row positions holding a token (packing) / carrying loss (objective).
+                "packing_efficiency": float(interval_tokens[1] / interval_tokens[0]),
+                "loss_token_fraction": float(interval_tokens[2] / interval_tokens[0]),
             }
             if is_primary:
                 steps_per_second = interval_steps / max(elapsed, 1e-9)
                 progress.report(step, scalars["loss"], tokens_per_second, steps_per_second)
             pending = []
+            interval_tokens[:] = 0
             interval_start, interval_steps = time.perf_counter(), 0
         if config.eval.every > 0 and (step % config.eval.every == 0 or is_last):
             scalars.update(run_eval(state["params"]))

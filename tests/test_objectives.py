@@ -8,7 +8,7 @@ from jaxpretrain import objectives
 from jaxpretrain.objectives import losses
 from jaxpretrain.tokenizer import SpecialIds
 
-SPECIAL = SpecialIds(pad=0, eos=1, bos=2, unk=3, mask=4, sentinels=tuple(range(5, 105)))
+SPECIAL = SpecialIds(pad=0, eos=1, bos=2, unk=3, mask=4, sentinels=tuple(range(107, 7, -1)))
 
 
 @pytest.mark.parametrize("doc_length", [1, 5, 7, 8, 9, 30])

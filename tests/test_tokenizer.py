@@ -39,8 +39,10 @@ def tokenizer(trained):
 def test_special_ids_are_fixed(tokenizer):
     special = tokenizer.special_ids
     assert (special.pad, special.eos, special.bos, special.unk, special.mask) == (0, 1, 2, 3, 4)
-    assert special.sentinels == tuple(range(5, 105))
-    assert tokenizer.id_to_piece(105) == "<0x00>"
+    assert special.paradigms == (5, 6, 7)
+    assert special.sentinels == tuple(range(107, 7, -1))  # T5's order: extra_id_0 highest
+    assert tokenizer.id_to_piece(107) == "<extra_id_0>"
+    assert tokenizer.id_to_piece(108) == "<0x00>"
     assert tokenizer.vocab_size == 512
     assert tokenizer_lib.SpecialIds.from_json(special.to_json()) == special
 
@@ -73,9 +75,9 @@ def test_token_byte_lengths_sum_to_utf8_length(tokenizer, text):
 
 def test_token_byte_lengths_of_special_and_byte_pieces(tokenizer):
     lengths = tokenizer.token_byte_lengths()
-    assert np.all(lengths[:105] == 0)
-    assert np.all(lengths[105:361] == 1)
-    assert np.all(lengths[361:] >= 1)
+    assert np.all(lengths[:108] == 0)
+    assert np.all(lengths[108:364] == 1)
+    assert np.all(lengths[364:] >= 1)
 
 
 def test_training_is_deterministic(trained, tmp_path):

@@ -65,7 +65,7 @@ def config_for_source(
 
     Args:
       source: 'stdlib' (embedded corpus), a directory or a file (see `curate/sources.py`).
-      vocab_size: tokenizer vocabulary including the 361 reserved ids.
+      vocab_size: tokenizer vocabulary including the 364 reserved ids.
       validation_fraction: expected fraction of documents in the validation split, in [0, 1).
       seed: seeds the tokenizer's training sample (the split does not depend on it).
       max_documents: read at most this many documents (in source order); -1 reads all.

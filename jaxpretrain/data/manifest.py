@@ -11,7 +11,8 @@ A prepared directory holds
 
     {"format_version": 2,
      "tokenizer": "tokenizer.model", "vocab_size": 4096,
-     "special_ids": {"pad": 0, "bos": 2, "eos": 1, "unk": 3, "mask": 4, "sentinels": [5, ...]},
+     "special_ids": {"pad": 0, "bos": 2, "eos": 1, "unk": 3, "mask": 4, "sentinels": [107, ...],
+                     "paradigms": [5, 6, 7]},
      "token_dtype": "<i4",
      "sources": [{"name": "web", "weight": 0.45, "documents": 1234, "tokens": 5678}, ...],
      "splits": {"train": {"shards": [{"file": "web/train-00000-of-00004.array_record",

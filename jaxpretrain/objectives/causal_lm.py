@@ -9,7 +9,12 @@ from jaxpretrain.tokenizer import SpecialIds
 
 
 def make_examples(
-    doc_ids: np.ndarray, rng: np.random.Generator, *, seq_len: int, special_ids: SpecialIds
+    doc_ids: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    seq_len: int,
+    special_ids: SpecialIds,
+    settings: object = None,
 ) -> list[dict[str, np.ndarray]]:
     """`[bos] + doc + [eos]` cut into windows of seq_len + 1 tokens, shifted by one.
 
@@ -17,7 +22,7 @@ def make_examples(
     exactly once. Targets never cross into another document: each example is one document's
     window, and packing keeps examples in separate segments.
     """
-    del rng  # deterministic objective
+    del rng, settings  # deterministic, no settings
     tokens = np.concatenate(
         [[special_ids.bos], np.asarray(doc_ids, np.int32), [special_ids.eos]]
     ).astype(np.int32)
