@@ -42,3 +42,19 @@ def test_weighted_cross_entropy_ignores_zero_weights():
 def test_unknown_objective_lists_known_ones():
     with pytest.raises(KeyError, match="causal_lm"):
         objectives.get("masked_lm_typo")
+
+
+def test_prefix_target_row_predicts_each_target_once_and_hides_it():
+    from jaxpretrain.objectives.rows import prefix_target_example
+
+    prefix, target = np.array([10, 11, 12]), np.array([20, 21])
+    example = prefix_target_example(prefix, target, SPECIAL)
+    np.testing.assert_array_equal(example["inputs"], [SPECIAL.bos, 10, 11, 12, 20])
+    np.testing.assert_array_equal(example["targets"], [10, 11, 12, 20, 21])
+    # Loss exactly on the positions predicting target tokens.
+    np.testing.assert_array_equal(example["targets"][example["loss_weights"] > 0], target)
+    # bos and the prefix attend both ways; a position with loss sees no later token, and the
+    # target it predicts is never among the bidirectional inputs.
+    np.testing.assert_array_equal(example["bidirectional"], [1, 1, 1, 1, 0])
+    bidirectional_inputs = example["inputs"][example["bidirectional"] == 1]
+    assert not set(target) & set(bidirectional_inputs.tolist())
