@@ -7,6 +7,7 @@ key, the value and what to do, before anything is compiled or written.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -291,6 +292,22 @@ def _check_batch_split(config: ml_collections.ConfigDict, mesh_shape: dict[str, 
             f"train.grad_accum_steps={accum} x mesh.microbatches={microbatches} x the "
             f"batch-sharding mesh axes data x fsdp = {batch_shards}; use a multiple of {unit}."
         )
+
+
+def load_config_file(path: str | os.PathLike, key: str = "--config"):
+    """`get_config()` of a Python config file (how configs/*.py are written).
+
+    Config files build on each other with it, e.g. `configs/tiny_mlm.py` is `tiny_clm.py` with
+    another objective. `key` names where the path came from in the error for a missing file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config key {key}={path!r}: no such file.")
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"jaxpretrain_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -7,7 +7,6 @@ build abstract shapes without allocating parameters: how the 7B config is checke
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
@@ -36,16 +35,6 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(f"error: {error}")
 
 
-def load_config_file(path: str):
-    """`get_config()` of a Python config file (how configs/*.py are written)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config key data.curation={path!r}: no such file.")
-    spec = importlib.util.spec_from_file_location("data_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def ensure_prepared_data(config, workdir: str) -> str:
     """Runs curation when the configured data directory has no finished manifest.
 
@@ -61,7 +50,8 @@ def ensure_prepared_data(config, workdir: str) -> str:
         return data_dir
     if config.data.curation:
         logging.info("no prepared data in %s: curating with %s", data_dir, config.data.curation)
-        prepare.prepare_from_config(load_config_file(config.data.curation), data_dir)
+        curation = config_lib.load_config_file(config.data.curation, key="data.curation")
+        prepare.prepare_from_config(curation, data_dir)
     else:
         logging.info("no prepared data in %s: preparing from %r", data_dir, config.data.source)
         prepare.prepare(

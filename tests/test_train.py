@@ -1,7 +1,6 @@
 """The training loop end to end on tiny prepared data: learning, resume, meshes, dry run, eval."""
 
 import dataclasses
-import importlib.util
 import json
 import math
 import pathlib
@@ -279,10 +278,7 @@ def test_evaluate_matches_a_numpy_reference(data_dir, tmp_path, mesh_keys):
 
 
 def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_lib.load_config_file(CONFIGS / f"{name}.py")
 
 
 def test_7b_config_validates_and_lays_out_on_eight_devices():

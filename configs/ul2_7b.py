@@ -1,0 +1,17 @@
+"""Llama-2-7B shapes (configs/clm_7b.py: model, batch, FSDP mesh, 64+ devices) trained with
+UL2's mixture of denoisers (R, X, S with paradigm tokens) on the decoder-only stack.
+
+    python -m jaxpretrain.main --config=configs/ul2_7b.py --workdir=gs://BUCKET/ul2_7b \
+        --config.data.dir=gs://BUCKET/data/my_corpus
+    python -m jaxpretrain.main --config=configs/ul2_7b.py --workdir=/tmp/x --mode=dry_run
+"""
+
+import pathlib
+
+from jaxpretrain.config import load_config_file
+
+
+def get_config():
+    config = load_config_file(pathlib.Path(__file__).with_name("clm_7b.py"))
+    config.objective.name = "ul2"
+    return config
