@@ -56,6 +56,12 @@ class SpecialIds:
     sentinels: tuple[int, ...]  # sentinels[i] is <extra_id_i>, the sentinel of the i-th span
     paradigms: tuple[int, int, int] = (5, 6, 7)  # [NLU], [NLG], [S2S]
 
+    @property
+    def first_regular_id(self) -> int:
+        """The lowest id of an ordinary token (the first byte piece): one past every special id."""
+        specials = (self.pad, self.bos, self.eos, self.unk, self.mask)
+        return 1 + max(*specials, *self.sentinels, *self.paradigms)
+
     def to_json(self) -> dict[str, int | list[int]]:
         """Returns a JSON-serialisable dict (sentinels as a list)."""
         return {
