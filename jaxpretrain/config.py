@@ -120,11 +120,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.objective.prefix_max_fraction = 0.9
     c.objective.noise_density = 0.15  # span_corruption: share of tokens masked
     c.objective.mean_noise_span_length = 3.0  # span_corruption: mean span length
-    # ul2: how often each denoiser family is drawn (normalised): R (short spans, [NLU]),
-    # X (extreme spans / rates, [NLG]) and S (prefix LM, [S2S]).
-    c.objective.ul2_r_rate = 0.4
-    c.objective.ul2_x_rate = 0.4
-    c.objective.ul2_s_rate = 0.2
+    # ul2: relative rates of the denoiser families (normalised; uniform within a family):
+    # R (2 short-span denoisers, [NLU]), X (4 extreme ones, [NLG]), S (prefix LM, [S2S]).
+    # 2:4:1 draws the seven denoisers uniformly, the default of UL2's released objective code.
+    c.objective.ul2_r_rate = 2.0
+    c.objective.ul2_x_rate = 4.0
+    c.objective.ul2_s_rate = 1.0
 
     c.data = ml_collections.ConfigDict()
     c.data.dir = ""  # prepared data (manifest.json + shards); empty: WORKDIR/data
