@@ -122,9 +122,9 @@ def make_train_iterator(
         flat_examples = grain.experimental.WindowShuffleIterDataset(
             flat_examples, window_size=shuffle_window, seed=seed
         )
-    batches = _pack_and_batch(
+    batches = pack_and_batch(
         flat_examples,
-        manifest=manifest,
+        pad_id=manifest.special_ids.pad,
         seq_len=seq_len,
         rows_per_batch=batch_size_per_process,
         num_packing_bins=num_packing_bins or batch_size_per_process,
@@ -185,9 +185,9 @@ def make_eval_batches(
         .map_with_index(_DocumentToExamples(source, examples_fn, seq_len, seed, len(source)))
         .to_iter_dataset(_read_options(read_threads))
     )
-    batches = _pack_and_batch(
+    batches = pack_and_batch(
         _FlattenIterDataset(examples, max_consecutive_empty=None),
-        manifest=manifest,
+        pad_id=manifest.special_ids.pad,
         seq_len=seq_len,
         rows_per_batch=global_batch_size,
         num_packing_bins=num_packing_bins or global_batch_size,
@@ -372,16 +372,20 @@ class _FlattenIterator(grain.DatasetIterator):
             self._next_in_buffer = state["next_in_buffer"]
 
 
-def _pack_and_batch(
+def pack_and_batch(
     examples: grain.IterDataset,
     *,
-    manifest: Manifest,
+    pad_id: int,
     seq_len: int,
     rows_per_batch: int,
     num_packing_bins: int,
     drop_remainder: bool,
 ) -> grain.IterDataset:
-    pad_id = manifest.special_ids.pad
+    """First-fit packs examples (`EXAMPLE_FEATURES`) into rows of `seq_len`, then batches rows.
+
+    Rows carry `segment_ids` (1-based per example, 0 = padding) and `positions` (restarting per
+    example) from the example lengths, never from token values; padding uses `pad_id`.
+    """
     packed_rows = grain.experimental.FirstFitPackIterDataset(
         examples,
         length_struct={feature: seq_len for feature in EXAMPLE_FEATURES},

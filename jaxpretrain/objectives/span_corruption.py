@@ -330,6 +330,32 @@ def lengths_for_row(
     )
 
 
+def document_pairs(
+    tokens: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    tokens_length: int,
+    noise_density: float,
+    mean_noise_span_length: float,
+    special_ids: SpecialIds,
+    append_eos: bool = True,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(inputs, targets) of each consecutive `tokens_length` window of one document, in order,
+    each drawn from `rng` (the objective's examples and the seqio preprocessor share it)."""
+    tokens = np.asarray(tokens, np.int32)
+    return [
+        corrupt_spans(
+            tokens[start : start + tokens_length],
+            rng,
+            noise_density,
+            mean_noise_span_length,
+            special_ids,
+            append_eos=append_eos,
+        )
+        for start in range(0, len(tokens), tokens_length)
+    ]
+
+
 def make_examples(
     doc_ids: np.ndarray,
     rng: np.random.Generator,
@@ -351,18 +377,15 @@ def make_examples(
         mean_noise_span_length,
         max_noise_spans=len(special_ids.sentinels),
     ).tokens_length
-    doc_ids = np.asarray(doc_ids, np.int32)
-    examples = []
-    for start in range(0, len(doc_ids), tokens_length):
-        inputs, targets = corrupt_spans(
-            doc_ids[start : start + tokens_length],
-            rng,
-            noise_density,
-            mean_noise_span_length,
-            special_ids,
-        )
-        examples.append(rows.prefix_target_example(inputs, targets, special_ids))
-    return examples
+    pairs = document_pairs(
+        doc_ids,
+        rng,
+        tokens_length=tokens_length,
+        noise_density=noise_density,
+        mean_noise_span_length=mean_noise_span_length,
+        special_ids=special_ids,
+    )
+    return [rows.prefix_target_example(inputs, targets, special_ids) for inputs, targets in pairs]
 
 
 def check_span_settings(noise_density: float, mean_noise_span_length: float) -> None:
