@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
@@ -33,37 +33,6 @@ def parse_flags(argv: list[str]) -> list[str]:
         )
     except flags.Error as error:
         sys.exit(f"error: {error}")
-
-
-def ensure_prepared_data(config, workdir: str) -> str:
-    """Runs curation when the configured data directory has no finished manifest.
-
-    With `data.curation` set, the data config file it names drives curation; otherwise the one
-    source `data.source` is cleaned, exact-deduplicated and tokenized.
-    """
-    from jaxpretrain import config as config_lib
-    from jaxpretrain.curate import prepare
-    from jaxpretrain.data import manifest as manifest_lib
-
-    data_dir = config_lib.data_dir(config, workdir)
-    if manifest_lib.is_prepared(data_dir):
-        return data_dir
-    if config.data.curation:
-        logging.info("no prepared data in %s: curating with %s", data_dir, config.data.curation)
-        curation = config_lib.load_config_file(config.data.curation, key="data.curation")
-        prepare.prepare_from_config(curation, data_dir)
-    else:
-        logging.info("no prepared data in %s: preparing from %r", data_dir, config.data.source)
-        prepare.prepare(
-            data_dir,
-            source=config.data.source,
-            vocab_size=config.data.vocab_size,
-            validation_fraction=config.data.validation_fraction,
-            seed=config.train.seed,
-            max_documents=config.data.max_documents,
-            num_shards=config.data.num_shards,
-        )
-    return data_dir
 
 
 def is_multi_process_launch() -> bool:
@@ -94,7 +63,9 @@ def main(argv: list[str]) -> None:
             print(train.dry_run(config))
             return
         os.makedirs(workdir, exist_ok=True)
-        ensure_prepared_data(config, workdir)
+        from jaxpretrain.curate import prepare
+
+        prepare.ensure_prepared_data(config, workdir)
         if _MODE.value == "eval":
             print(train.evaluate_checkpoint(config, workdir))
             return

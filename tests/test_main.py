@@ -110,7 +110,7 @@ def test_bad_input_is_one_clear_line(tiny, override, message):
 
 def test_data_curation_config_drives_the_automatic_prepare(tmp_path):
     from jaxpretrain import config as config_lib
-    from jaxpretrain import main
+    from jaxpretrain.curate import prepare
     from jaxpretrain.data import manifest as manifest_lib
 
     (tmp_path / "corpus").mkdir()
@@ -136,7 +136,7 @@ def test_data_curation_config_drives_the_automatic_prepare(tmp_path):
     )
     config = config_lib.default_config()
     config.data.curation = str(tmp_path / "curation.py")
-    data_dir = main.ensure_prepared_data(config, str(tmp_path / "run"))
+    data_dir = prepare.ensure_prepared_data(config, str(tmp_path / "run"))
     manifest = manifest_lib.read_manifest(data_dir)
     assert manifest.vocab_size == 430
     assert {shard.source for shard in manifest.split("train").shards} == {"mine"}

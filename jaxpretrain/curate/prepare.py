@@ -106,3 +106,36 @@ def prepare(
     on stderr.
     """
     return prepare_from_config(config_for_source(source, **options), output_dir, progress=progress)
+
+
+def ensure_prepared_data(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The prepared data of a training config, curated first if it has no finished manifest.
+
+    With `data.curation` set, the data config file it names drives curation; otherwise the one
+    source `data.source` is cleaned, exact-deduplicated and tokenized. Returns the directory
+    (`data.dir`, or WORKDIR/data).
+    """
+    from absl import logging
+
+    from jaxpretrain import config as run_config
+    from jaxpretrain.data import manifest as manifest_lib
+
+    data_dir = run_config.data_dir(config, workdir)
+    if manifest_lib.is_prepared(data_dir):
+        return data_dir
+    if config.data.curation:
+        logging.info("no prepared data in %s: curating with %s", data_dir, config.data.curation)
+        curation = run_config.load_config_file(config.data.curation, key="data.curation")
+        prepare_from_config(curation, data_dir)
+    else:
+        logging.info("no prepared data in %s: preparing from %r", data_dir, config.data.source)
+        prepare(
+            data_dir,
+            source=config.data.source,
+            vocab_size=config.data.vocab_size,
+            validation_fraction=config.data.validation_fraction,
+            seed=config.train.seed,
+            max_documents=config.data.max_documents,
+            num_shards=config.data.num_shards,
+        )
+    return data_dir
