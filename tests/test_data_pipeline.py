@@ -436,3 +436,31 @@ def test_version_1_manifest_is_read_as_one_source(tmp_path, manifest):
     assert {shard.source for shard in old.split("train").shards} == {"synthetic"}
     assert old.source_weights() == {"synthetic": 1.0}
     assert next(_train_iterator(old))["inputs"].shape == (4, SEQ_LEN)
+
+
+def test_a_document_read_again_gets_new_random_draws_even_in_an_upsampled_source(tmp_path):
+    """Dynamic masking: each read of a document seeds the objective anew (its source's epoch)."""
+    mixed = _write_two_sources(tmp_path / "data", {"a": 0.75, "b": 0.25})
+
+    def draw_examples(ids, rng):  # [marker, a random draw] per document
+        inputs = np.array([ids[0], rng.integers(3000, 2**30)], np.int32)
+        return [
+            {
+                "inputs": inputs,
+                "targets": inputs,
+                "loss_weights": np.ones(2, np.float32),
+                "bidirectional": np.zeros(2, np.int32),
+            }
+        ]
+
+    draws: dict[int, list[int]] = {}
+    iterator = _train_iterator(mixed, examples_fn=draw_examples, shuffle_window=1)
+    for _ in range(30):
+        inputs = next(iterator)["inputs"].reshape(-1)
+        for position in np.flatnonzero((inputs >= 1000) & (inputs < 3000)):
+            draws.setdefault(int(inputs[position]), []).append(int(inputs[position + 1]))
+    # Source a's 20 documents are read about 3 times per pass over all 80 documents.
+    repeated = {marker: found for marker, found in draws.items() if len(found) > 1}
+    assert sum(1000 <= marker < 2000 for marker in repeated) == 20
+    for found in repeated.values():
+        assert len(set(found)) == len(found)

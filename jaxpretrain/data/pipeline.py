@@ -104,9 +104,15 @@ def make_train_iterator(
             f"({len(source)} in {manifest.manifest_path}); prepare more data or use fewer "
             "processes."
         )
-    # Endless streams; ShuffleMapDataset reshuffles every epoch with seed + epoch.
+    # Endless streams of (epoch, document); ShuffleMapDataset reshuffles every epoch with
+    # seed + epoch. The epoch is the source's own: an upsampled source repeats its documents
+    # more often, and each repeat must redraw the objective's masks.
     streams = [
-        per_source[name].shuffle(seed + rank).repeat(None) for rank, name in enumerate(weights)
+        per_source[name]
+        .shuffle(seed + rank)
+        .repeat(None)
+        .map_with_index(_WithEpoch(len(per_source[name])))
+        for rank, name in enumerate(weights)
     ]
     if len(streams) == 1:
         document_stream = streams[0]
@@ -114,8 +120,8 @@ def make_train_iterator(
         # Deterministic interleaving in proportion to the weights; index-addressable, so the
         # iterator state stays one position and a restore needs no replay.
         document_stream = grain.MapDataset.mix(streams, list(weights.values()))
-    examples = document_stream.map_with_index(
-        _DocumentToExamples(source, examples_fn, seq_len, seed, documents_per_epoch)
+    examples = document_stream.map(
+        _DocumentToExamples(source, examples_fn, seq_len, seed)
     ).to_iter_dataset(_read_options(read_threads))
     flat_examples = _FlattenIterDataset(examples, max_consecutive_empty=documents_per_epoch)
     if shuffle_window > 1:
@@ -182,7 +188,8 @@ def make_eval_batches(
     global_batch_size = batch_size_per_process * process_count
     examples = (
         grain.MapDataset.range(len(source))
-        .map_with_index(_DocumentToExamples(source, examples_fn, seq_len, seed, len(source)))
+        .map_with_index(_WithEpoch(len(source)))  # every document once: epoch 0
+        .map(_DocumentToExamples(source, examples_fn, seq_len, seed))
         .to_iter_dataset(_read_options(read_threads))
     )
     batches = pack_and_batch(
@@ -260,8 +267,18 @@ def _read_options(read_threads: int) -> grain.ReadOptions:
     )
 
 
+class _WithEpoch:
+    """map_with_index transform: (position in a repeated stream, document) -> (epoch, document)."""
+
+    def __init__(self, documents_per_epoch: int):
+        self._documents_per_epoch = documents_per_epoch
+
+    def __call__(self, stream_index: int, document_index: int) -> tuple[int, int]:
+        return stream_index // self._documents_per_epoch, int(document_index)
+
+
 class _DocumentToExamples:
-    """map_with_index transform: (position in the stream, document index) -> checked examples."""
+    """map transform: (epoch, document index) -> the document's checked examples."""
 
     def __init__(
         self,
@@ -269,17 +286,14 @@ class _DocumentToExamples:
         examples_fn: ExamplesFn,
         seq_len: int,
         seed: int,
-        documents_per_epoch: int,
     ):
         self._source = source
         self._examples_fn = examples_fn
         self._seq_len = seq_len
         self._seed = seed
-        self._documents_per_epoch = documents_per_epoch
 
-    def __call__(self, stream_index: int, document_index: int) -> list[dict[str, np.ndarray]]:
-        document_index = int(document_index)
-        epoch = stream_index // self._documents_per_epoch
+    def __call__(self, epoch_and_document: tuple[int, int]) -> list[dict[str, np.ndarray]]:
+        epoch, document_index = (int(value) for value in epoch_and_document)
         token_ids = np.frombuffer(self._source[document_index], dtype="<i4").astype(np.int32)
         # Seeded by the document itself (not the stream position or process), so its examples
         # are the same whichever process reads it and however often the iterator is restored.
