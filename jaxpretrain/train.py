@@ -175,10 +175,13 @@ def evaluate(
     token_bytes_V: jax.Array,
     batch_sharding: NamedSharding,
     global_rows: int,
+    bits_per_byte: bool = True,
 ) -> dict[str, float]:
     """Validation loss (nats/token), perplexity and bits per byte over `batches`.
 
-    `batches` are this process's parts of global batches of `global_rows` rows.
+    `batches` are this process's parts of global batches of `global_rows` rows. Bits per byte
+    is left out when `bits_per_byte` is False: for objectives whose loss is not on the text
+    read left to right (`Objective.predicts_text`) it would measure nothing about the text.
     """
     # Dispatch every batch before fetching: one host sync per eval, not one per batch.
     per_batch = [
@@ -197,11 +200,11 @@ def evaluate(
     if totals["weight_sum"] == 0:
         raise ValueError("the validation split produced no target tokens; prepare more data.")
     loss = totals["loss_sum"] / totals["weight_sum"]
-    return {
-        "eval/loss": loss,
-        "eval/perplexity": math.exp(min(loss, 700.0)),
-        "eval/bits_per_byte": totals["loss_sum"] / (math.log(2) * max(totals["bytes_sum"], 1.0)),
-    }
+    metrics = {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 700.0))}
+    if bits_per_byte:
+        bits = totals["loss_sum"] / (math.log(2) * max(totals["bytes_sum"], 1.0))
+        metrics["eval/bits_per_byte"] = bits
+    return metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,6 +352,7 @@ def run_training(exp: Experiment, workdir: str) -> TrainResult:
             token_bytes_V,
             exp.batch_sharding,
             config.train.batch_size,
+            bits_per_byte=exp.objective.predicts_text,
         )
 
     is_primary = jax.process_index() == 0
@@ -457,6 +461,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
         exp.token_bytes(),
         exp.batch_sharding,
         config.train.batch_size,
+        bits_per_byte=exp.objective.predicts_text,
     )
     return {"step": step, **metrics}
 

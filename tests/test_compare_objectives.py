@@ -210,3 +210,23 @@ def test_unknown_objective_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(KeyError, match="objective.name='nope' is unknown"):
         tool.compare(config, ["causal_lm", "nope"], TOKENS, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_every_inputs_to_targets_objective_goes_through_training_restore_and_scoring(tmp_path):
+    result = run_tool(
+        tmp_path, "--objectives=prefix_lm,span_corruption,ul2", "--tokens=1024", "--pll_rows=2"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    comparison = json.loads((tmp_path / "comparison.json").read_text())
+    assert [row["objective"] for row in comparison["objectives"]] == [
+        "prefix_lm",
+        "span_corruption",
+        "ul2",
+    ]
+    for row in comparison["objectives"]:
+        last = read_jsonl(tmp_path / row["objective"] / "metrics.jsonl")[-1]
+        assert last["step"] == 2 and row["validation_loss"] == last["eval/loss"]
+        assert row["held_out"]["method"] == "causal"
+        assert 0 < row["held_out"]["bits_per_byte"] < 20
+        assert 0 < row["loss_token_fraction"] < row["packing_efficiency"] <= 1

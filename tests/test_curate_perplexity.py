@@ -102,3 +102,12 @@ def test_missing_workdir_or_checkpoint_is_one_clear_error(tmp_path, scorer_workd
         filters.get("perplexity", workdir=str(no_checkpoint)).score(_doc("text"))
     with pytest.raises(ValueError, match="workdir=''"):
         filters.get("perplexity")
+
+
+def test_a_run_of_another_objective_is_refused_as_scorer(tmp_path, scorer_workdir):
+    with open(f"{scorer_workdir}/config.json") as f:
+        config = json.load(f)
+    config["objective"]["name"] = "mlm"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="holds a 'mlm' run"):
+        filters.get("perplexity", workdir=str(tmp_path)).score(_doc("text"))

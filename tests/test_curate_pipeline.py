@@ -144,7 +144,7 @@ def test_scores_are_kept_for_retuning(prepared):
 
 def test_manifest_has_shards_per_source_and_split_with_mixture_weights(prepared):
     manifest = manifest_lib.read_manifest(prepared)
-    assert manifest.format_version == 2
+    assert manifest.format_version == 3
     assert [source["name"] for source in manifest.sources] == ["web", "code"]
     assert manifest.source_weights() == pytest.approx({"web": 0.75, "code": 0.25})
     files = [shard.file for shard in manifest.split("train").shards]

@@ -336,7 +336,7 @@ def test_manifest_errors_name_the_file(tmp_path):
     manifest_file.write_text(json.dumps({"format_version": 99}))
     with pytest.raises(ValueError, match="format_version=99"):
         manifest_lib.read_manifest(tmp_path)
-    manifest_file.write_text(json.dumps({"format_version": 1, "tokenizer": "t.model"}))
+    manifest_file.write_text(json.dumps({"format_version": 3, "tokenizer": "t.model"}))
     with pytest.raises(ValueError, match="manifest.json is missing or has a malformed entry"):
         manifest_lib.read_manifest(tmp_path)
 
@@ -421,21 +421,13 @@ def test_train_iterator_mixes_sources_by_manifest_weights(tmp_path):
     assert markers(restored, 5) == expected
 
 
-def test_version_1_manifest_is_read_as_one_source(tmp_path, manifest):
+@pytest.mark.parametrize("old_version", [1, 2])
+def test_data_prepared_with_the_earlier_token_layout_is_refused(tmp_path, manifest, old_version):
     content = json.loads(pathlib.Path(manifest.manifest_path).read_text())
-    content["format_version"] = 1
-    for split in content["splits"].values():
-        for shard in split["shards"]:
-            del shard["source"]
-    directory = tmp_path / "v1"
-    directory.mkdir()
-    for path in manifest.shard_paths("train") + manifest.shard_paths("validation"):
-        (directory / path.rsplit("/", 1)[1]).symlink_to(path)
-    (directory / "manifest.json").write_text(json.dumps(content))
-    old = manifest_lib.read_manifest(directory)
-    assert {shard.source for shard in old.split("train").shards} == {"synthetic"}
-    assert old.source_weights() == {"synthetic": 1.0}
-    assert next(_train_iterator(old))["inputs"].shape == (4, SEQ_LEN)
+    content["format_version"] = old_version
+    (tmp_path / "manifest.json").write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=r"earlier token layout.*prepare the\s+data again"):
+        manifest_lib.read_manifest(tmp_path)
 
 
 def test_a_document_read_again_gets_new_random_draws_even_in_an_upsampled_source(tmp_path):

@@ -72,11 +72,15 @@ def test_validation_loss_falls(data_dir, tmp_path, config_name):
     history = train.train_and_evaluate(config, str(tmp_path)).history
     eval_losses = [r["eval/loss"] for r in history if "eval/loss" in r]
     assert eval_losses[0] == pytest.approx(math.log(512), abs=0.3)  # uniform at init
-    assert eval_losses[-1] < eval_losses[0] - 1.0
+    # A causal LM predicts every token; the others learn from a share of them.
+    assert eval_losses[-1] < eval_losses[0] - (1.5 if config_name == "tiny_clm" else 1.0)
     with open(tmp_path / "metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
     assert {"loss", "learning_rate", "grad_norm", "tokens_per_second", "mfu"} <= set(records[1])
-    assert {"eval/loss", "eval/perplexity", "eval/bits_per_byte"} <= set(records[-1])
+    assert {"eval/loss", "eval/perplexity"} <= set(records[-1])
+    # Bits per byte only where the loss is on the text read left to right.
+    text_objectives = {"tiny_clm", "tiny_prefix_lm"}
+    assert ("eval/bits_per_byte" in records[-1]) == (config_name in text_objectives)
     # Packing fills most positions; the loss covers all of them (causal) or a share (others).
     trained = [r for r in records if "loss" in r]
     assert all(0.5 < r["packing_efficiency"] <= 1.0 for r in trained)
@@ -304,8 +308,11 @@ def load_config(name: str):
     return config_lib.load_config_file(CONFIGS / f"{name}.py")
 
 
-def test_7b_config_validates_and_lays_out_on_eight_devices():
-    report = train.dry_run(load_config("clm_7b"))
+@pytest.mark.parametrize("config_name", ["clm_7b", "span_corruption_7b", "ul2_7b"])
+def test_7b_configs_validate_and_lay_out_on_eight_devices(config_name):
+    config = load_config(config_name)
+    assert config.objective.name == config_name.removesuffix("_7b").replace("clm", "causal_lm")
+    report = train.dry_run(config)
     assert "'fsdp': 8" in report
     assert "6,738.4M parameters" in report  # Llama-2-7B's published count (6.74B)
     # 6.74B params x (4 B param + 8 B Adam moments) / 8 devices = 9.41 GiB per device.

@@ -7,9 +7,10 @@ A prepared directory holds
     <source>/train-00000-of-00004.array_record    one record per document: its token ids as
     <source>/validation-00000-of-00001.array_record   little-endian int32, no BOS/EOS added
 
-`manifest.json` (format_version 2; version 1 is still read, as one source):
+`manifest.json` (format_version 3: the token layout with UL2's paradigm tokens and T5-ordered
+sentinels; data prepared by earlier versions must be prepared again):
 
-    {"format_version": 2,
+    {"format_version": 3,
      "tokenizer": "tokenizer.model", "vocab_size": 4096,
      "special_ids": {"pad": 0, "bos": 2, "eos": 1, "unk": 3, "mask": 4, "sentinels": [107, ...],
                      "paradigms": [5, 6, 7]},
@@ -39,9 +40,10 @@ from etils import epath
 
 from jaxpretrain.tokenizer import SpecialIds
 
-FORMAT_VERSION = 2
-# Versions this code reads; version 1 has no per-shard source (all shards are one source).
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+# Versions 1 and 2 used the earlier special-id layout (sentinels at ids 5..104, no paradigm
+# tokens): their token ids mean other things to today's objectives, so they are refused.
+READABLE_VERSIONS = (3,)
 MANIFEST_FILENAME = "manifest.json"
 TOKEN_DTYPE = "<i4"  # numpy dtype string: little-endian int32
 
@@ -188,6 +190,12 @@ def read_manifest(data_dir: str | os.PathLike) -> Manifest:
     if not isinstance(content, dict):
         raise ValueError(f"{path} is not a JSON object; delete it and prepare the data again.")
     version = content.get("format_version")
+    if version in (1, 2):
+        raise ValueError(
+            f"{path} was prepared with the earlier token layout (format_version={version}: "
+            "sentinels 5..104, no UL2 paradigm tokens); delete the directory and prepare the "
+            "data again with this version of jaxpretrain."
+        )
     if version not in READABLE_VERSIONS:
         raise ValueError(
             f"{path} has format_version={version!r} but this code reads versions "
@@ -195,8 +203,6 @@ def read_manifest(data_dir: str | os.PathLike) -> Manifest:
         )
     try:
         sources = tuple(content.get("sources", ()))
-        # Version 1 shards carry no source: they all belong to its single source.
-        default_source = str(sources[0]["name"]) if len(sources) == 1 else ""
         manifest = Manifest(
             data_dir=str(data_dir),
             tokenizer_file=str(content["tokenizer"]),
@@ -211,7 +217,7 @@ def read_manifest(data_dir: str | os.PathLike) -> Manifest:
                             file=str(shard["file"]),
                             documents=int(shard["documents"]),
                             tokens=int(shard["tokens"]),
-                            source=str(shard.get("source", default_source)),
+                            source=str(shard["source"]),
                         )
                         for shard in split["shards"]
                     )

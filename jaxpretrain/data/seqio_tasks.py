@@ -124,7 +124,10 @@ def register_prepared_data_task(
 
     Splits are the manifest's (normally `train` and `validation`); the vocabulary is a
     `seqio.SentencePieceVocabulary` over the directory's `tokenizer.model` (extra_ids=0: the
-    sentinels are already pieces of the model, `<extra_id_0>` having the highest id as in T5).
+    sentinels are already pieces of the model, ids 107..8). T5's own span-corruption
+    preprocessor assumes `<extra_id_0>` is the vocabulary's last id (`sentinel_id` returns
+    vocab_size - 1) and would overwrite learned pieces here: use `span_corruption=True` or
+    `span_corruption_preprocessor`, or bind T5's `sentinel_id` to 107.
 
     With `span_corruption=False` the Task is a language-modelling task: each document + EOS,
     cut into `targets` windows of `sequence_length["targets"]` tokens (every token is a target

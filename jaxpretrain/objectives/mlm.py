@@ -138,5 +138,6 @@ MLM = registry.register(
         make_examples=make_examples,
         loss=losses.weighted_cross_entropy,
         check_settings=check_settings,
+        predicts_text=False,
     )
 )

@@ -12,7 +12,8 @@ document is always a target, so the model learns where documents end.
 
 Features: bos and the prefix are bidirectional, the target positions causal; loss falls on the
 target tokens only. `rng` (seeded per seed, epoch and document) draws the split, so splits change
-every epoch and repeat exactly on a resumed run. UL2's S-denoiser reuses `split_window`.
+every epoch and repeat exactly on a resumed run. UL2's S-denoiser splits with `split_point`
+and checks its range with `check_settings`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ import numpy as np
 
 from jaxpretrain.objectives import losses, registry, rows
 from jaxpretrain.tokenizer import SpecialIds
+
+
+def split_point(
+    window_length: int, rng: np.random.Generator, min_fraction: float, max_fraction: float
+) -> int:
+    """The prefix length of a window: min(round(u * w), w - 1), u uniform in the fraction range."""
+    fraction = rng.uniform(min_fraction, max_fraction)
+    return min(int(np.rint(fraction * window_length)), window_length - 1)
 
 
 def split_window(
@@ -46,8 +55,7 @@ def split_window(
     window_ids = np.asarray(window_ids, np.int32)
     if window_ids.size == 0:
         raise ValueError("split_window needs a window of at least one token.")
-    fraction = rng.uniform(min_fraction, max_fraction)
-    prefix_length = min(int(np.rint(fraction * window_ids.size)), window_ids.size - 1)
+    prefix_length = split_point(window_ids.size, rng, min_fraction, max_fraction)
     return rows.prefix_target_example(
         window_ids[:prefix_length], window_ids[prefix_length:], special_ids
     )

@@ -42,6 +42,10 @@ class Objective:
     make_examples: ExamplesFn
     loss: LossFn
     check_settings: SettingsCheck = no_settings
+    # True when the loss falls on the document's own tokens predicted left to right (causal and
+    # prefix LM), so validation bits per byte measure the text; False for masked or
+    # sentinel-marked targets, where eval reports loss and perplexity only.
+    predicts_text: bool = True
 
 
 _OBJECTIVES: dict[str, Objective] = {}

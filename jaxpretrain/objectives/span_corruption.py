@@ -414,5 +414,6 @@ SPAN_CORRUPTION = registry.register(
         make_examples=make_examples,
         loss=losses.weighted_cross_entropy,
         check_settings=check_settings,
+        predicts_text=False,
     )
 )

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 
 from jaxpretrain import tokenizer
-from jaxpretrain.objectives import losses, registry, rows, span_corruption
+from jaxpretrain.objectives import losses, prefix_lm, registry, rows, span_corruption
 from jaxpretrain.tokenizer import SpecialIds
 
 FAMILIES = ("R", "X", "S")  # family i is led by special_ids.paradigms[i]: [NLU], [NLG], [S2S]
@@ -133,8 +133,9 @@ def denoise_window(
     paradigm = np.int32(special_ids.paradigms[FAMILIES.index(denoiser.family)])
     eos = np.int32(special_ids.eos)
     if denoiser.family == "S":
-        fraction = rng.uniform(prefix_min_fraction, prefix_max_fraction)
-        split = min(int(np.rint(fraction * window_ids.size)), window_ids.size - 1)
+        split = prefix_lm.split_point(
+            window_ids.size, rng, prefix_min_fraction, prefix_max_fraction
+        )
         inputs = np.concatenate([[paradigm], window_ids[:split], [eos]])
         targets = np.append(window_ids[split:], eos)
     else:
@@ -198,22 +199,7 @@ def check_settings(settings: ml_collections.ConfigDict, seq_len: int) -> None:
             f"objective.ul2_r_rate={rates['R']}, ul2_x_rate={rates['X']} and ul2_s_rate="
             f"{rates['S']} are all 0; give at least one denoiser family a positive rate."
         )
-    low, high = settings.prefix_min_fraction, settings.prefix_max_fraction
-    if not 0 <= low < 1:
-        raise ValueError(
-            f"objective.prefix_min_fraction={low} must be in [0, 1); it is the smallest share "
-            "of a window UL2's S-denoiser uses as prefix."
-        )
-    if not 0 <= high < 1:
-        raise ValueError(
-            f"objective.prefix_max_fraction={high} must be in [0, 1); it is the largest share "
-            "of a window UL2's S-denoiser uses as prefix, and the target needs a token."
-        )
-    if low > high:
-        raise ValueError(
-            f"objective.prefix_min_fraction={low} must be <= objective.prefix_max_fraction="
-            f"{high}; lower the minimum or raise the maximum."
-        )
+    prefix_lm.check_settings(settings, seq_len)  # the S-denoiser's split range
     for denoiser in DENOISERS:
         if denoiser.family == "S":
             needed = S_EXTRA_TOKENS + 2
@@ -235,5 +221,6 @@ UL2 = registry.register(
         make_examples=make_examples,
         loss=losses.weighted_cross_entropy,
         check_settings=check_settings,
+        predicts_text=False,
     )
 )

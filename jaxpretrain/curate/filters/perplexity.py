@@ -123,6 +123,12 @@ def _load_scorer_cached(workdir: str, max_tokens: int, batch_size: int) -> Langu
         )
     with open(config_path) as f:
         config = ml_collections.ConfigDict(json.load(f))
+    if config.objective.name != "causal_lm":
+        # Perplexity is a causal LM's score of the text; other objectives predict other things.
+        raise ValueError(
+            f"Perplexity filter workdir {workdir} holds a {config.objective.name!r} run "
+            f"({config_path}); train the scorer with objective.name='causal_lm'."
+        )
     manifest = manifest_lib.read_manifest(config_lib.data_dir(config, workdir))
     tokenizer = Tokenizer.load(manifest.tokenizer_path)
     # The checkpoint holds the full train state; restore it on one device and keep the params
