@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -306,8 +307,15 @@ def train_and_evaluate(
     return run_training(build_experiment(config, workdir, devices), workdir)
 
 
-def run_training(exp: Experiment, workdir: str) -> TrainResult:
-    """The training loop of `train_and_evaluate`, for an experiment already built."""
+def run_training(
+    exp: Experiment, workdir: str, train_iterator: grain.DatasetIterator | None = None
+) -> TrainResult:
+    """The training loop of `train_and_evaluate`, for an experiment already built.
+
+    `train_iterator` replaces the prepared data's train batches with another checkpointable
+    source of this process's batches (e.g. `data.seqio_tasks.make_seqio_train_iterator`, so a
+    registered seqio Task feeds the trainer); validation still reads the prepared data.
+    """
     config = exp.config
     train_step = make_train_step(
         exp.layout,
@@ -324,7 +332,7 @@ def run_training(exp: Experiment, workdir: str) -> TrainResult:
         micro_steps=exp.config.train.grad_accum_steps,
     )
     token_bytes_V = exp.token_bytes()
-    train_iter = pipeline.make_train_iterator(
+    train_iter = train_iterator or pipeline.make_train_iterator(
         exp.manifest,
         examples_fn=exp.examples_fn,
         seq_len=config.train.seq_len,

@@ -362,3 +362,45 @@ def test_seqio_train_iterator_rejects_rows_longer_than_seq_len(data_dir):
             process_index=2,
             process_count=2,
         )
+
+
+def test_a_seqio_task_trains_our_model_and_resumes_exactly(data_dir, tmp_path):
+    import shutil
+
+    from jaxpretrain import train
+
+    config = config_lib.default_config()
+    config.model.update(
+        num_layers=2, embed_dim=64, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128
+    )
+    config.model.update(max_seq_len=64, dtype="float32")
+    config.train.update(steps=4, batch_size=8, seq_len=64, lr=3e-3, warmup_steps=1, log_every=1)
+    config.objective.name = "span_corruption"
+    config.checkpoint.update(every=2, max_to_keep=5)
+    config.eval.update(every=0, steps=1)
+    config.data.dir = data_dir
+    seqio_tasks.register_prepared_data_task(
+        "jaxpretrain_test_train", data_dir, span_corruption=True
+    )
+
+    def run(workdir):
+        experiment = train.build_experiment(config, str(workdir))
+        slot, slots = experiment.setup.data_slot
+        batches = _train_iterator(
+            "jaxpretrain_test_train",
+            seq_len=64,
+            batch_size_per_process=experiment.batch_size_per_process,
+            seed=config.train.seed,
+            process_index=slot,
+            process_count=slots,
+        )
+        result = train.run_training(experiment, str(workdir), train_iterator=batches)
+        return {r["step"]: r["loss"] for r in result.history if "loss" in r}
+
+    uninterrupted = run(tmp_path / "a")
+    assert sorted(uninterrupted) == [1, 2, 3, 4]
+    assert uninterrupted[4] < uninterrupted[1]
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")
+    resumed = run(tmp_path / "b")
+    assert resumed == {step: uninterrupted[step] for step in (3, 4)}
