@@ -280,8 +280,8 @@ def span_corruption_preprocessor(
     tokens_length = window_length(
         inputs_length, noise_density, mean_noise_span_length, special_ids, append_eos=append_eos
     )
-    _, full_targets_length = _pair_lengths(
-        tokens_length, noise_density, mean_noise_span_length, append_eos
+    _, full_targets_length, _ = span_corruption_lib.example_lengths(
+        tokens_length, noise_density, mean_noise_span_length, append_eos=append_eos
     )
     targets_length = sequence_length.get("targets")
     if targets_length is not None and targets_length < full_targets_length:
@@ -363,9 +363,8 @@ def window_length(
     minimum = span_corruption_lib.MIN_TOKENS_LENGTH
 
     def fits(length: int) -> bool:
-        inputs, _ = _pair_lengths(length, noise_density, mean_noise_span_length, append_eos)
-        _, spans = span_corruption_lib.noise_span_counts(
-            length, noise_density, mean_noise_span_length
+        inputs, _, spans = span_corruption_lib.example_lengths(
+            length, noise_density, mean_noise_span_length, append_eos=append_eos
         )
         return inputs <= inputs_length and spans <= len(special_ids.sentinels)
 
@@ -378,17 +377,6 @@ def window_length(
             "raise it."
         )
     return tokens_length
-
-
-def _pair_lengths(
-    tokens_length: int, noise_density: float, mean_noise_span_length: float, append_eos: bool
-) -> tuple[int, int]:
-    """len(inputs), len(targets) of `corrupt_spans` on a window of tokens_length >= 2 tokens."""
-    noise, spans = span_corruption_lib.noise_span_counts(
-        tokens_length, noise_density, mean_noise_span_length
-    )
-    eos = int(append_eos)
-    return tokens_length - noise + spans + eos, noise + spans + eos
 
 
 def _flatten(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

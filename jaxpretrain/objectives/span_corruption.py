@@ -241,16 +241,21 @@ def corrupt_spans(
     return inputs, targets
 
 
-def _example_lengths(
-    tokens_length: int, noise_density: float, mean_noise_span_length: float
+def example_lengths(
+    tokens_length: int,
+    noise_density: float,
+    mean_noise_span_length: float,
+    *,
+    append_eos: bool = True,
 ) -> tuple[int, int, int]:
-    """(inputs_length, targets_length, noise spans) of `corrupt_spans` with eos, n >= 2."""
+    """(inputs_length, targets_length, noise spans) of `corrupt_spans` on a window of n >= 2."""
     num_noise_tokens, num_noise_spans = noise_span_counts(
         tokens_length, noise_density, mean_noise_span_length
     )
+    eos = int(append_eos)
     return (
-        tokens_length - num_noise_tokens + num_noise_spans + 1,
-        num_noise_tokens + num_noise_spans + 1,
+        tokens_length - num_noise_tokens + num_noise_spans + eos,
+        num_noise_tokens + num_noise_spans + eos,
         num_noise_spans,
     )
 
@@ -259,7 +264,7 @@ def min_seq_len(
     noise_density: float, mean_noise_span_length: float, *, extra_tokens: int = 0
 ) -> int:
     """Positions of the smallest example (a two-token window): the least seq_len that works."""
-    inputs_length, targets_length, _ = _example_lengths(
+    inputs_length, targets_length, _ = example_lengths(
         MIN_TOKENS_LENGTH, noise_density, mean_noise_span_length
     )
     return extra_tokens + inputs_length + targets_length
@@ -296,7 +301,7 @@ def lengths_for_row(
         raise ValueError(f"max_noise_spans={max_noise_spans} must be >= 1.")
 
     def example_length(tokens_length: int) -> int:
-        inputs_length, targets_length, _ = _example_lengths(
+        inputs_length, targets_length, _ = example_lengths(
             tokens_length, noise_density, mean_noise_span_length
         )
         return extra_tokens + inputs_length + targets_length
@@ -318,7 +323,7 @@ def lengths_for_row(
         tokens_length = longest_window(seq_len // examples_per_row)
         if tokens_length == 0:
             break
-        inputs_length, targets_length, num_noise_spans = _example_lengths(
+        inputs_length, targets_length, num_noise_spans = example_lengths(
             tokens_length, noise_density, mean_noise_span_length
         )
         if num_noise_spans <= max_noise_spans:
