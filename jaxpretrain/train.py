@@ -282,6 +282,7 @@ def build_experiment(
             seq_len=config.train.seq_len,
             special_ids=manifest.special_ids,
             settings=ml_collections.FrozenConfigDict(config.objective),
+            vocab_size=manifest.vocab_size,
         ),
     )
 

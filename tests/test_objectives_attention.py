@@ -90,6 +90,7 @@ def packed_row_for(name: str, objective: objectives.Objective) -> dict[str, np.n
                 seq_len=SEQ_LEN,
                 special_ids=SPECIAL,
                 settings=frozen,
+                vocab_size=CFG.vocab_size,
             )[0]
             for index, document in enumerate(DOCUMENTS)
         ]

@@ -15,6 +15,7 @@ def make_examples(
     seq_len: int,
     special_ids: SpecialIds,
     settings: object = None,
+    vocab_size: int | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """`[bos] + doc + [eos]` cut into windows of seq_len + 1 tokens, shifted by one.
 
@@ -22,7 +23,7 @@ def make_examples(
     exactly once. Targets never cross into another document: each example is one document's
     window, and packing keeps examples in separate segments.
     """
-    del rng, settings  # deterministic, no settings
+    del rng, settings, vocab_size  # deterministic, no settings, ids from the document
     tokens = np.concatenate(
         [[special_ids.bos], np.asarray(doc_ids, np.int32), [special_ids.eos]]
     ).astype(np.int32)

@@ -16,11 +16,8 @@ than `mask_prob` on average.
 
 Corruption: each selected token independently becomes `<mask>` with probability 0.8, a random
 non-special token with 0.1, and stays itself with 0.1. The random token is drawn uniformly from
-the occurrences of non-special tokens in the same document (a document-local unigram): the
-transform does not know the vocabulary size, and this draw can only produce ids the tokenizer
-emitted, so it is always a valid id. (BERT draws uniformly from the whole vocabulary; the
-replacement only has to be a plausible wrong token, which a document's own tokens are.) A
-random draw can hit the original token, as BERT's can.
+the tokenizer's non-special ids, `[special_ids.first_regular_id, vocab_size)` (as BERT draws
+from its vocabulary); it can hit the original token, as BERT's can.
 
 Features: `inputs` the corrupted window, `targets` the original window (unshifted),
 `loss_weights` 1 exactly on the selected positions, `bidirectional` 1 everywhere (the packer's
@@ -47,7 +44,7 @@ def mask_window(
     *,
     mask_prob: float,
     special_ids: SpecialIds,
-    replacement_ids: np.ndarray | None = None,
+    vocab_size: int,
 ) -> dict[str, np.ndarray]:
     """One MLM example from one window (selection and 80/10/10 corruption as the module says).
 
@@ -56,8 +53,8 @@ def mask_window(
       rng: the only source of randomness.
       mask_prob: share of the window's non-special tokens to select, in (0, 1).
       special_ids: the tokenizer's special ids (mask is inserted; specials are never selected).
-      replacement_ids: non-special ids that random replacements are drawn from uniformly
-        (default: the window's own non-special tokens).
+      vocab_size: the tokenizer's vocabulary; random replacements are drawn uniformly from
+        its non-special ids, [special_ids.first_regular_id, vocab_size).
 
     Returns:
       An example dict (`inputs`, `targets`, `loss_weights`, `bidirectional`), all of length n.
@@ -66,8 +63,6 @@ def mask_window(
     candidates = np.flatnonzero(window_ids >= special_ids.first_regular_id)
     if candidates.size == 0:
         raise ValueError("mask_window needs a window with at least one non-special token.")
-    if replacement_ids is None:
-        replacement_ids = window_ids[candidates]
     count = int(np.floor(mask_prob * candidates.size + rng.random()))
     count = min(max(count, 1), candidates.size)
     selected = rng.choice(candidates, size=count, replace=False)
@@ -76,9 +71,9 @@ def mask_window(
     to_replace = selected[(action >= MASK_SHARE) & (action < MASK_SHARE + RANDOM_SHARE)]
     inputs = window_ids.copy()
     inputs[to_mask] = special_ids.mask
-    inputs[to_replace] = np.asarray(replacement_ids, np.int32)[
-        rng.integers(len(replacement_ids), size=to_replace.size)
-    ]
+    inputs[to_replace] = rng.integers(
+        special_ids.first_regular_id, vocab_size, size=to_replace.size, dtype=np.int32
+    )
     loss_weights = np.zeros(len(window_ids), np.float32)
     loss_weights[selected] = 1.0
     return {
@@ -96,15 +91,16 @@ def make_examples(
     seq_len: int,
     special_ids: SpecialIds,
     settings: ml_collections.ConfigDict,
+    vocab_size: int,
 ) -> list[dict[str, np.ndarray]]:
     """`[bos] + doc + [eos]` in windows of seq_len, each masked by `mask_window`.
 
-    Reads `settings.mask_prob`. Random replacements come from the document's non-special tokens.
+    Reads `settings.mask_prob`; random replacements are uniform over the vocabulary's
+    non-special ids.
     """
     doc_ids = np.asarray(doc_ids, np.int32)
     first_regular = special_ids.first_regular_id
     tokens = np.concatenate([[special_ids.bos], doc_ids, [special_ids.eos]]).astype(np.int32)
-    replacement_ids = doc_ids[doc_ids >= first_regular]
     examples = []
     for start in range(0, len(tokens), seq_len):
         window = tokens[start : start + seq_len]
@@ -116,7 +112,7 @@ def make_examples(
                 rng,
                 mask_prob=settings.mask_prob,
                 special_ids=special_ids,
-                replacement_ids=replacement_ids,
+                vocab_size=vocab_size,
             )
         )
     return examples

@@ -68,11 +68,13 @@ def make_examples(
     seq_len: int,
     special_ids: SpecialIds,
     settings: ml_collections.ConfigDict,
+    vocab_size: int | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """`doc + [eos]` in windows of seq_len tokens, each split by `split_window`.
 
     Reads `settings.prefix_min_fraction` and `settings.prefix_max_fraction`.
     """
+    del vocab_size  # only MLM draws ids that are not in the document
     tokens = np.concatenate([np.asarray(doc_ids, np.int32), [special_ids.eos]]).astype(np.int32)
     return [
         split_window(

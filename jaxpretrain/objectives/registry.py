@@ -10,12 +10,12 @@ import ml_collections
 import numpy as np
 
 # One document's token ids (no specials) -> zero or more examples:
-#   make_examples(doc_ids, rng, *, seq_len, special_ids, settings) -> list[example]
+#   make_examples(doc_ids, rng, *, seq_len, special_ids, settings, vocab_size) -> list[example]
 # Each example is a dict with `inputs`, `targets` (int32), `loss_weights` (float32) and
 # `bidirectional` (int32) of one length <= seq_len; the packer adds `segment_ids` and
 # `positions`. `rng` is seeded by (train.seed, epoch, document), so random choices (masks, spans,
 # split points) are redrawn every epoch yet identical on a resumed run. `settings` is the
-# `config.objective` section (frozen).
+# `config.objective` section (frozen); `vocab_size` the tokenizer's (MLM's random replacements).
 ExamplesFn = Callable[..., list[dict[str, np.ndarray]]]
 # (logits_BLV float32, targets_BL, loss_weights_BL) -> (summed loss, summed weight).
 LossFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
@@ -33,8 +33,8 @@ def no_settings(settings: ml_collections.ConfigDict, seq_len: int) -> None:
 class Objective:
     """An objective = its data transform + its loss reduction.
 
-    `make_examples(doc_ids, rng, *, seq_len, special_ids, settings)` runs in the input pipeline
-    (numpy); `loss(logits_BLV, targets_BL, loss_weights_BL)` runs inside the jitted step;
+    `make_examples(doc_ids, rng, *, seq_len, special_ids, settings, vocab_size)` runs in the input
+    pipeline (numpy); `loss(logits_BLV, targets_BL, loss_weights_BL)` runs inside the jitted step;
     `check_settings(settings, seq_len)` runs in `config.validate`.
     """
 

@@ -368,12 +368,14 @@ def make_examples(
     seq_len: int,
     special_ids: SpecialIds,
     settings: ml_collections.ConfigDict,
+    vocab_size: int | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """The document in windows of `lengths_for_row(...).tokens_length`, each span-corrupted.
 
     Reads `settings.noise_density` and `settings.mean_noise_span_length`. Every example has at
     most seq_len positions; an empty document gives none.
     """
+    del vocab_size  # only MLM draws ids that are not in the document
     noise_density = float(settings.noise_density)
     mean_noise_span_length = float(settings.mean_noise_span_length)
     tokens_length = lengths_for_row(

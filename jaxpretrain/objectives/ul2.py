@@ -157,12 +157,14 @@ def make_examples(
     seq_len: int,
     special_ids: SpecialIds,
     settings: ml_collections.ConfigDict,
+    vocab_size: int | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """The document consumed window by window, each window's denoiser drawn from `rng`.
 
     Reads the `objective.ul2_*_rate` keys and the prefix fractions. Every example has at most
     seq_len positions; an empty document gives none.
     """
+    del vocab_size  # only MLM draws ids that are not in the document
     probabilities = denoiser_probabilities(settings)
     lengths = [window_length(d, seq_len, len(special_ids.sentinels)) for d in DENOISERS]
     doc_ids = np.asarray(doc_ids, np.int32)
