@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from jaxpretrain import config as config_lib
-from jaxpretrain import train
+from jaxpretrain import steps, train
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _TOOL = _ROOT / "tools" / "compare_objectives.py"
@@ -150,7 +150,7 @@ def test_pseudo_log_likelihood_equals_numpy_sum_of_masked_log_probabilities(comp
     # Spread the logits so that scoring the wrong position or an unmasked token shows.
     keys = iter(jax.random.split(jax.random.PRNGKey(0), len(jax.tree.leaves(trained))))
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(next(keys), p.shape), trained)
-    eval_step = train.make_eval_step(exp.layout, exp.objective, exp.batch_sharding)
+    eval_step = steps.make_eval_step(exp.layout, exp.objective, exp.batch_sharding)
     score = tool.held_out_score(exp, eval_step, params, pll_rows=3)
 
     model = nnx.merge(exp.layout.graphdef, params)

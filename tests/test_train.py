@@ -13,7 +13,7 @@ import pytest
 from jaxpretrain import config as config_lib
 from jaxpretrain import mesh as mesh_lib
 from jaxpretrain import state as state_lib
-from jaxpretrain import train
+from jaxpretrain import steps, train
 from jaxpretrain.curate import prepare
 from jaxpretrain.data import device as data_device
 from jaxpretrain.data import pipeline
@@ -239,7 +239,7 @@ def test_gradient_accumulation_weighs_every_token_equally(data_dir, tmp_path):
     batch["loss_weights"][0::2, 8:] = 0  # rows of micro-step 0 (rows i mod 2) keep 8 targets
     results = {}
     for accum in (1, 2):
-        step = train.make_train_step(
+        step = steps.make_train_step(
             exp.layout, exp.objective, exp.tx, exp.schedule, exp.batch_sharding, accum
         )
         state = state_lib.init_state(exp.model_config, exp.tx, exp.layout, seed=0)
@@ -266,11 +266,11 @@ def test_evaluate_matches_a_numpy_reference(data_dir, tmp_path, mesh_keys):
     config.mesh.update(mesh_keys)
     exp = train.build_experiment(config, str(tmp_path))
     state = state_lib.init_state(exp.model_config, exp.tx, exp.layout, seed=0)
-    eval_step = train.make_eval_step(
+    eval_step = steps.make_eval_step(
         exp.layout, exp.objective, exp.batch_sharding, config.train.grad_accum_steps
     )
     batches = list(exp.eval_batches())
-    metrics = train.evaluate(
+    metrics = steps.evaluate(
         eval_step, state["params"], batches, exp.token_bytes(), exp.batch_sharding, 8
     )
 
@@ -336,7 +336,7 @@ def test_activation_sharding_constraints_reach_the_train_step(data_dir, tmp_path
     config = tiny_config(data_dir)
     config.mesh.update(data=2, fsdp=4)
     exp = train.build_experiment(config, str(tmp_path))
-    step = train.make_train_step(
+    step = steps.make_train_step(
         exp.layout, exp.objective, exp.tx, exp.schedule, exp.batch_sharding
     )
     batch = {
@@ -351,7 +351,7 @@ def test_activation_sharding_constraints_reach_the_train_step(data_dir, tmp_path
         hlo = step.__wrapped__.lower(exp.layout.abstract_state, batch).as_text()
     assert constraints(hlo) >= 2 * config.model.num_layers
     # Without the rules in context the model's constraints are no-ops: the wrapper is needed.
-    fresh_step = train.make_train_step(
+    fresh_step = steps.make_train_step(
         exp.layout, exp.objective, exp.tx, exp.schedule, exp.batch_sharding
     )
     with jax.set_mesh(exp.mesh):

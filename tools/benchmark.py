@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxpretrain import flops, objectives, train
+from jaxpretrain import flops, objectives, steps
 from jaxpretrain import state as state_lib
 from jaxpretrain.model.pipeline import bubble_fraction
 
@@ -54,7 +54,7 @@ def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int) -
 def benchmark_train(config) -> dict[str, float]:
     setup = state_lib.setup(config)
     model_cfg, batch_sharding, mesh = setup.model_config, setup.batch_sharding, setup.mesh
-    step_fn = train.make_train_step(
+    step_fn = steps.make_train_step(
         setup.layout,
         objectives.get(config.objective.name),
         setup.tx,

@@ -34,7 +34,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxpretrain import config as config_lib
-from jaxpretrain import objectives, train
+from jaxpretrain import objectives, steps, train
 from jaxpretrain.curate import prepare
 from jaxpretrain.data import pipeline
 
@@ -247,7 +247,7 @@ def held_out_score(exp: train.Experiment, eval_step, params, pll_rows: int | Non
             token_bytes=exp.tokenizer.token_byte_lengths(),
             batch_size=exp.batch_size_per_process,
         )
-    metrics = train.evaluate(
+    metrics = steps.evaluate(
         eval_step,
         params,
         batches,
@@ -306,7 +306,7 @@ def compare(
         train_objective(run_config, os.path.join(output, name), devices)
 
     scorer = train.build_experiment(objective_config(base, "causal_lm"), output, devices)
-    eval_step = train.make_eval_step(
+    eval_step = steps.make_eval_step(
         scorer.layout,
         scorer.objective,
         scorer.batch_sharding,
