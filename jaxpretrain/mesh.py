@@ -169,11 +169,6 @@ def axis_rules(mesh: Mesh, rules: AxisRules) -> Iterator[None]:
         _ACTIVE_RULES.reset(token)
 
 
-def active_rules() -> AxisRules | None:
-    """The rules of the enclosing `axis_rules`, or None outside one."""
-    return _ACTIVE_RULES.get()
-
-
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """Pins an activation's sharding by logical axis names.
 

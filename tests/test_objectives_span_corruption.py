@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from jaxpretrain import config as config_lib
-from jaxpretrain.objectives import registry
 from jaxpretrain.objectives import span_corruption as sc
 from jaxpretrain.tokenizer import SpecialIds
 
@@ -214,12 +213,6 @@ def test_same_seed_same_examples_other_epoch_other_masks():
 
     np.testing.assert_array_equal(masks(3), masks(3))
     assert not np.array_equal(masks(3), masks(4))
-
-
-def test_registered_with_its_settings_check():
-    objective = registry.get("span_corruption")
-    assert objective.make_examples is sc.make_examples
-    assert objective.check_settings is sc.check_settings
 
 
 @pytest.mark.parametrize(

@@ -135,11 +135,8 @@ def make_train_iterator(
         rows_per_batch=batch_size_per_process,
         num_packing_bins=num_packing_bins or batch_size_per_process,
         drop_remainder=True,
+        prefetch_batches=prefetch_batches,
     )
-    if prefetch_batches > 0:
-        batches = grain.experimental.ThreadPrefetchIterDataset(
-            batches, prefetch_buffer_size=prefetch_batches
-        )
     return iter(batches)
 
 
@@ -394,11 +391,13 @@ def pack_and_batch(
     rows_per_batch: int,
     num_packing_bins: int,
     drop_remainder: bool,
+    prefetch_batches: int = 0,
 ) -> grain.IterDataset:
     """First-fit packs examples (`EXAMPLE_FEATURES`) into rows of `seq_len`, then batches rows.
 
     Rows carry `segment_ids` (1-based per example, 0 = padding) and `positions` (restarting per
     example) from the example lengths, never from token values; padding uses `pad_id`.
+    `prefetch_batches` > 0 prepares that many batches ahead on a background thread.
     """
     packed_rows = grain.experimental.FirstFitPackIterDataset(
         examples,
@@ -413,9 +412,14 @@ def pack_and_batch(
             "bidirectional": 0,
         },
     )
-    return packed_rows.map(_packed_row_to_features).batch(
+    batches = packed_rows.map(_packed_row_to_features).batch(
         rows_per_batch, drop_remainder=drop_remainder
     )
+    if prefetch_batches > 0:
+        batches = grain.experimental.ThreadPrefetchIterDataset(
+            batches, prefetch_buffer_size=prefetch_batches
+        )
+    return batches
 
 
 def _packed_row_to_features(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

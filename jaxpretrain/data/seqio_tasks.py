@@ -477,11 +477,8 @@ def make_seqio_train_iterator(
         rows_per_batch=batch_size_per_process,
         num_packing_bins=num_packing_bins or batch_size_per_process,
         drop_remainder=True,
+        prefetch_batches=prefetch_batches,
     )
-    if prefetch_batches > 0:
-        batches = grain.experimental.ThreadPrefetchIterDataset(
-            batches, prefetch_buffer_size=prefetch_batches
-        )
     return iter(batches)
 
 
