@@ -1,98 +1,276 @@
-"""Asynchronous checkpoints of the train state and the data-iterator position (Orbax).
+"""Asynchronous checkpoints of the train state, the data position and the run (Orbax).
 
-Layout: WORKDIR/checkpoints/<step>/{state,data}. `state` holds params, optimizer state, step and
-RNG; `data` the grain iterator's JSON state (one file per process), so a resumed run sees exactly
-the batches the uninterrupted run would have seen.
+Layout: WORKDIR/checkpoints/<step>/{state,data,run,files.json}.
+- `state`: params, optimizer state, step, RNG, anomaly statistics (sharded arrays).
+- `data`: every process's data-iterator state at the save, gathered into one JSON list, so a
+  run resumes on another process count (the iterators' streams are redistributed).
+- `run`: what the trainer records about the run (its config, the metrics lines written so far).
+- `files.json`: every file of the step with its size, written once Orbax has finalised it.
+
+Restoring never silently starts over. The newest checkpoint whose files no longer match its
+`files.json` (truncated, deleted) is provably corrupt: it is moved to
+WORKDIR/checkpoints_corrupt/ with a warning and the one before it is used. Any other failure
+(a different model, storage errors, permissions) raises `CheckpointError` with one sentence and
+changes nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
+import signal
+import time
+from collections.abc import Callable
 from typing import Any
 
-import grain
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+
+_FILES_RECORD = "files.json"
 
 
-class _IteratorState:
-    """A data iterator's state, captured when the save starts, for grain's checkpoint handler.
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be saved or restored; the message says which and what to do."""
 
-    Handing grain the live iterator would let an async write record a later position than the
-    step being saved. grain's handler writes one file per process, which multi-host runs need.
-    """
 
-    def __init__(self, state: dict | None = None):
-        self.state = state
-
-    def get_state(self) -> bytes:
-        return json.dumps(self.state).encode()
-
-    def set_state(self, state: bytes) -> None:
-        self.state = json.loads(state)
-
-    def start_prefetch(self) -> None:  # called by grain's handler after a restore
-        pass
+@dataclasses.dataclass
+class Restored:
+    step: int
+    state: Any
+    data_states: list[dict]  # each saving process's data-iterator state, by process index
+    run: dict  # the `run_info` given to `save`
 
 
 class Checkpointer:
     """Saves every `every` steps (and when forced), keeps the newest `max_to_keep`."""
 
     def __init__(self, directory: str, every: int, max_to_keep: int, use_async: bool = True):
+        self.directory = epath.Path(directory)
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=every,
             max_to_keep=max_to_keep,
             enable_async_checkpointing=use_async,
             create=True,
+            # Half-written steps of a killed run (`<step>.orbax-checkpoint-tmp-*`) are removed.
+            cleanup_tmp_directories=True,
         )
-        self._manager = ocp.CheckpointManager(
-            os.path.abspath(directory), options=options, item_names=("state", "data")
-        )
+        try:
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_names=("state", "data", "run")
+            )
+        except OSError as error:
+            raise CheckpointError(
+                f"cannot use the checkpoint directory {self.directory}: {error}; check that "
+                "the workdir is writable."
+            ) from error
+        self._preemption_signal: int | None = None
+        self._previous_handler: Any = None
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, data_state: dict, force: bool = False) -> bool:
+    def save(
+        self, step: int, state: Any, data_state: dict, run_info: dict, force: bool = False
+    ) -> bool:
         """Starts a save when `step` is due (or `force`); returns once arrays are on the host.
 
         Arrays are copied off the device before this returns, so the caller may donate or
-        overwrite `state` right away while the write to disk continues in the background.
+        overwrite `state` right away while the write continues in the background. Every process
+        must call it (the data states are gathered). A failed write raises `CheckpointError`
+        naming the directory; the previous checkpoints are untouched (Orbax writes a temporary
+        directory and renames it when complete).
         """
-        return self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(_IteratorState(data_state)),
-            ),
-            force=force,
-        )
+        data_states = _gather_json(data_state)
+        try:
+            saved = self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=ocp.args.JsonSave(data_states),
+                    run=ocp.args.JsonSave(run_info),
+                ),
+                force=force,
+            )
+            # Orbax finished every earlier save before starting this one.
+            self._record_finished_steps(exclude=step if saved else None)
+        except Exception as error:  # noqa: BLE001 - Orbax reraises background write errors
+            raise self._save_error(step, error) from error
+        return saved
 
-    def restore(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
-        """Restores the newest readable checkpoint onto `abstract_state`'s shardings.
+    def wait(self) -> None:
+        """Blocks until the save in progress is on storage (a preemption save must be)."""
+        try:
+            self._manager.wait_until_finished()
+            self._record_finished_steps()
+        except Exception as error:  # noqa: BLE001
+            raise self._save_error(None, error) from error
 
-        Returns (step, state, data_state), or None when there is no checkpoint. A checkpoint that
-        fails to read (e.g. a disk error after it was finalised) is skipped with a warning in
-        favour of the one before it, rather than ending the run.
+    def restore(
+        self,
+        abstract_state: Any,
+        check_run: Callable[[dict], None] | None = None,
+        newest_step: int | None = None,
+    ) -> Restored | None:
+        """Restores the newest complete checkpoint onto `abstract_state`'s shardings.
+
+        Returns None when the directory holds no checkpoint. `check_run(run_info)` runs before
+        any array is read and raises to refuse the checkpoint (e.g. another model's).
+        `newest_step` restores the newest checkpoint at or before that step (a rollback).
         """
         for step in reversed(self.all_steps()):
-            data = _IteratorState()
+            if newest_step is not None and step > newest_step:
+                continue
+            step_dir = self.directory / str(step)
+            problem = self._corruption(step_dir)
+            if problem:
+                self._set_aside(step, problem)
+                continue
+            run_only = ocp.args.Composite(run=ocp.args.JsonRestore())
+            try:
+                run = self._manager.restore(step, args=run_only)
+            except Exception as error:  # noqa: BLE001
+                raise self._restore_error(step_dir, error) from error
+            if check_run is not None:
+                check_run(dict(run["run"]))
             try:
                 restored = self._manager.restore(
                     step,
                     args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(abstract_state),
-                        data=grain.checkpoint.CheckpointRestore(data),
+                        data=ocp.args.JsonRestore(),
                     ),
                 )
-            except Exception as error:  # noqa: BLE001 - any unreadable checkpoint: fall back
-                logging.warning(
-                    "checkpoint %d could not be restored (%s); trying older.", step, error
-                )
-                continue
-            return step, restored["state"], data.state
+            except Exception as error:  # noqa: BLE001
+                raise self._restore_error(step_dir, error) from error
+            return Restored(step, restored["state"], list(restored["data"]), dict(run["run"]))
         return None
 
+    def discard_after(self, step: int) -> None:
+        """Deletes the checkpoints after `step` (a rollback abandons the states they hold)."""
+        for later in self.all_steps():
+            if later > step:
+                logging.warning("deleting checkpoint %d: rolled back to %d", later, step)
+                self._manager.delete(later)
+
+    def watch_preemption(self) -> None:
+        """From now on SIGTERM requests a save at the next step boundary (`preempted`).
+
+        On several processes JAX's preemption service (started by `jax.distributed.initialize`)
+        owns SIGTERM and agrees on one step for every process; a Python handler would replace it.
+        """
+        if jax.process_count() == 1:
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_signal)
+
+    def preempted(self, step: int) -> bool:
+        """True at the step boundary where every process should save and stop."""
+        if jax.process_count() > 1:
+            return self._manager.reached_preemption(step)
+        return self._preemption_signal is not None
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        logging.warning("signal %d: saving at the next step boundary, then exiting", signum)
+        self._preemption_signal = signum
+
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+        self.wait()
         self._manager.close()
+
+    def _record_finished_steps(self, exclude: int | None = None) -> None:
+        """Writes `files.json` into each finalised step that lacks it (primary process only)."""
+        if jax.process_index() != 0:
+            return
+        for step in self._manager.all_steps():
+            step_dir = self.directory / str(step)
+            if step == exclude or (step_dir / _FILES_RECORD).exists():
+                continue
+            sizes = {
+                str((folder / name).relative_to(step_dir)): (folder / name).stat().length
+                for folder, _, names in step_dir.walk()
+                for name in sorted(names)
+                if name != _FILES_RECORD
+            }
+            tmp = step_dir / (_FILES_RECORD + ".tmp")
+            tmp.write_text(json.dumps(sizes, indent=1))
+            tmp.rename(step_dir / _FILES_RECORD)
+
+    def _corruption(self, step_dir: epath.Path) -> str | None:
+        """Why the step's files prove it incomplete or corrupt, or None.
+
+        A step without a record was finalised by Orbax (an atomic rename, or its commit file on
+        object stores) just before the run was killed: complete, so restored like any other.
+        Storage errors while looking propagate: an outage is not evidence of corruption.
+        """
+        record = step_dir / _FILES_RECORD
+        if not record.exists():
+            return None
+        try:
+            expected = json.loads(record.read_text())
+        except json.JSONDecodeError:
+            return f"its {_FILES_RECORD} is unreadable"
+        for name, size in expected.items():
+            path = step_dir / name
+            if not path.exists():
+                return f"{name} is missing"
+            if path.stat().length != size:
+                return f"{name} has {path.stat().length} bytes, {size} were written"
+        return None
+
+    def _set_aside(self, step: int, reason: str) -> None:
+        """Moves a corrupt step out of the way (kept for inspection, never deleted)."""
+        target = self.directory.parent / f"{self.directory.name}_corrupt"
+        logging.warning(
+            "checkpoint %s is corrupt (%s); moving it to %s and using the one before it.",
+            self.directory / str(step),
+            reason,
+            target,
+        )
+        if jax.process_index() == 0:
+            target.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(target / f"{step}-{int(time.time())}")
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
+        self._manager.reload()
+
+    def _save_error(self, step: int | None, error: Exception) -> CheckpointError:
+        steps = [earlier for earlier in self.all_steps() if step is None or earlier < step]
+        intact = f"checkpoint {steps[-1]} is intact" if steps else "no earlier checkpoint exists"
+        which = f"checkpoint {step}" if step is not None else "a checkpoint"
+        return CheckpointError(
+            f"saving {which} to {self.directory} failed ({_first_line(error)}); {intact}. Free "
+            "space or fix permissions there and rerun the same command to resume."
+        )
+
+    @staticmethod
+    def _restore_error(step_dir: epath.Path, error: Exception) -> CheckpointError:
+        return CheckpointError(
+            f"checkpoint {step_dir} is complete but could not be restored "
+            f"({_first_line(error)}); nothing was changed: fix the cause (storage access, or a "
+            "config that no longer matches the run) and rerun, or use a new --workdir."
+        )
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def _gather_json(value: Any) -> list[Any]:
+    """`value` from every process, in process order (a collective: every process calls it)."""
+    if jax.process_count() == 1:
+        return [value]
+    encoded = np.frombuffer(json.dumps(value).encode(), dtype=np.uint8)
+    lengths = multihost_utils.process_allgather(np.array([encoded.size], np.int32))
+    padded = np.zeros(int(np.max(lengths)), np.uint8)
+    padded[: encoded.size] = encoded
+    gathered = multihost_utils.process_allgather(padded)
+    return [
+        json.loads(bytes(row[: int(length)]).decode())
+        for row, length in zip(gathered, np.ravel(lengths), strict=True)
+    ]

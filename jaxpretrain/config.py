@@ -13,6 +13,7 @@ import math
 import os
 
 import ml_collections
+from absl import logging
 
 # Logical axis -> mesh axes. Parameters and activations name logical axes only (see model/);
 # this table is the single place that decides how they are laid out on the mesh.
@@ -89,13 +90,33 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.b1 = 0.9
     c.train.b2 = 0.95
     c.train.eps = 1e-8
-    c.train.spike_factor = 5.0  # warn when grad_norm > spike_factor x its running mean
+    # PaLM's z-loss coefficient (1e-4 in PaLM): z_loss * log(sum exp logits)^2 per loss token
+    # keeps the softmax normaliser near 1; 0 disables.
+    c.train.z_loss = 0.0
+    c.train.max_update_norm = 0.0  # clip the optimizer update's global norm; 0 disables
+    # Loss spikes and non-finite values, detected inside the jitted step (docs/operations.md).
+    c.train.anomaly = ml_collections.ConfigDict()
+    # What to do with an anomalous step: warn (apply it anyway), skip (drop the update inside
+    # the step), rollback (drop it, then restore the last checkpoint and skip the next
+    # rollback_skip_batches batches, as PaLM did).
+    c.train.anomaly.action = "skip"  # warn | skip | rollback
+    c.train.anomaly.loss_spike_factor = 3.0  # loss > factor x its moving average; 0 disables
+    c.train.anomaly.max_grad_norm = 0.0  # gradient norm above this is a spike; 0 disables
+    c.train.anomaly.ema_decay = 0.99  # moving average of the loss
+    c.train.anomaly.warmup_steps = 20  # finite steps averaged before spikes are judged
+    c.train.anomaly.rollback_skip_batches = 100
+    c.train.anomaly.max_rollbacks = 3  # then the run stops: something is wrong beyond a batch
+    # Anomalous steps in a row that stop the run (e.g. a loss that moved up for good under
+    # skip, whose average then never follows); 0 never stops.
+    c.train.anomaly.max_consecutive = 20
     c.train.peak_tflops_per_device = 0.0  # 0: look up the device kind; unknown (CPU) -> mfu null
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 500
     c.checkpoint.max_to_keep = 3
     c.checkpoint.use_async = True
+    # SIGTERM (preemptible TPU / spot VM) saves a checkpoint at the next step boundary and exits 0.
+    c.checkpoint.save_on_preemption = True
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 500  # 0 disables periodic eval; eval also runs at the last step
@@ -138,6 +159,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.max_documents = -1  # cap on source documents for prepare; -1 = all
     c.data.num_shards = 4
     c.data.shuffle_window = 4096  # examples shuffled together after cutting documents
+    # Independent data streams that make up the global batch (0: one per data-loading process).
+    # A run resumes on any process count that divides it, reading the same examples.
+    c.data.num_streams = 0
 
     c.sample = ml_collections.ConfigDict()
     c.sample.prompt = "def "
@@ -209,6 +233,14 @@ def validate(
     if config.eval.every < 0:
         raise ConfigError(f"config key eval.every={config.eval.every} must be >= 0 (0 = off).")
 
+    _check_precision(config.model)
+    _check_anomaly(config.train)
+    if config.data.num_streams < 0:
+        raise ConfigError(
+            f"config key data.num_streams={config.data.num_streams} must be >= 0 (0: one per "
+            "data-loading process)."
+        )
+
     mesh_shape = resolve_mesh_shape(config.mesh, num_devices)
     vocab_size = resolve_vocab_size(config, tokenizer_vocab)
     model_config(config, mesh_shape, vocab_size)
@@ -227,6 +259,31 @@ def validate(
     except ValueError as error:
         raise ConfigError(f"config key {error}") from error
     return mesh_shape
+
+
+# The model keys that shape the saved state: a checkpoint resumes only where they are equal.
+# The compute dtype, rematerialisation and the mesh may change between restarts.
+_STATE_KEYS = (
+    "vocab_size",
+    "num_layers",
+    "embed_dim",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "mlp_dim",
+    "tie_embeddings",
+    "param_dtype",
+)
+
+
+def state_differences(saved_config: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """'model.key saved -> now' for each state-shaping key where a saved run's config differs."""
+    saved_model = saved_config.get("model", {})
+    return [
+        f"model.{key} {saved_model[key]!r} -> {config.model[key]!r}"
+        for key in _STATE_KEYS
+        if key in saved_model and saved_model[key] != config.model[key]
+    ]
 
 
 def model_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, int], vocab_size: int):
@@ -262,6 +319,46 @@ def resolve_vocab_size(config: ml_collections.ConfigDict, tokenizer_vocab: int |
             f"tokenizer's vocabulary ({tokenizer_vocab}); use -1 or a value >= {tokenizer_vocab}."
         )
     return config.model.vocab_size
+
+
+def _check_precision(model_cfg: ml_collections.ConfigDict) -> None:
+    if model_cfg.dtype == "float16":
+        raise ConfigError(
+            "config key model.dtype='float16' needs loss scaling, which jaxpretrain does not do "
+            "(float16 gradients underflow); use bfloat16, which has float32's range."
+        )
+    if model_cfg.param_dtype != "float32":
+        logging.warning(
+            "model.param_dtype=%r keeps no float32 master weights: updates smaller than its "
+            "precision are lost (for bfloat16 about 1/256 of a weight). Use float32 unless you "
+            "need the memory.",
+            model_cfg.param_dtype,
+        )
+
+
+def _check_anomaly(train_cfg: ml_collections.ConfigDict) -> None:
+    anomaly = train_cfg.anomaly
+    if anomaly.action not in ("warn", "skip", "rollback"):
+        raise ConfigError(
+            f"config key train.anomaly.action={anomaly.action!r} is unknown; use warn, skip or "
+            "rollback."
+        )
+    if anomaly.loss_spike_factor != 0 and anomaly.loss_spike_factor <= 1:
+        raise ConfigError(
+            f"config key train.anomaly.loss_spike_factor={anomaly.loss_spike_factor} must be "
+            "above 1 (a loss above factor x its average is a spike) or 0 (off)."
+        )
+    if not 0 < anomaly.ema_decay < 1:
+        raise ConfigError(
+            f"config key train.anomaly.ema_decay={anomaly.ema_decay} must be between 0 and 1."
+        )
+    keys = ("max_grad_norm", "warmup_steps", "rollback_skip_batches", "max_rollbacks")
+    for key in (*keys, "max_consecutive"):
+        if anomaly[key] < 0:
+            raise ConfigError(f"config key train.anomaly.{key}={anomaly[key]} must be >= 0.")
+    for key in ("z_loss", "max_update_norm"):
+        if train_cfg[key] < 0:
+            raise ConfigError(f"config key train.{key}={train_cfg[key]} must be >= 0 (0 = off).")
 
 
 def _check_tensor_parallel(config: ml_collections.ConfigDict, tensor: int, vocab: int) -> None:

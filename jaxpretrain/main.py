@@ -1,8 +1,11 @@
 """Entry point: `python -m jaxpretrain.main --config=configs/tiny_clm.py --workdir=DIR`.
 
-Modes: `train` (prepare data if missing, train, evaluate, print a sample; rerunning the same
-command resumes), `eval` (evaluate the latest checkpoint), `dry_run` (validate the config and
-build abstract shapes without allocating parameters: how the 7B config is checked on a laptop).
+Modes:
+- `train`: prepare data if missing, train, evaluate, print a sample. Rerunning the same command
+  resumes, also after a kill or a preemption (SIGTERM saves a checkpoint and exits 0).
+- `eval`: evaluate the latest checkpoint.
+- `dry_run`: validate the config and build abstract shapes without allocating parameters (how
+  the 7B config is checked on a laptop).
 """
 
 from __future__ import annotations
@@ -74,10 +77,23 @@ def main(argv: list[str]) -> None:
         # Set-up failures (bad config, missing or unreadable data, a mesh that does not fit the
         # model) raise these with a message naming the key or file; a traceback would bury it.
         sys.exit(f"error: {error}")
-    config_lib.write_config_json(config, workdir)
-    result = train.run_training(experiment, workdir)
+    from jaxpretrain import checkpoint, recovery
+
+    if jax.process_index() == 0:  # one writer: the workdir may be shared by every host
+        config_lib.write_config_json(config, workdir)
+    try:
+        result = train.run_training(experiment, workdir)
+    except (config_lib.ConfigError, checkpoint.CheckpointError, recovery.AnomalyError) as error:
+        # A checkpoint that cannot be used or saved, or a run that keeps diverging: the message
+        # says what to do, and every complete checkpoint and metrics record is kept.
+        sys.exit(f"error: {error}")
+    if result.preempted:
+        print(f"preempted: saved a checkpoint in {workdir}; rerun the same command to resume.")
+        return
+    # Sampling is a jitted call on globally sharded parameters: every process must run it.
+    text = train.sample_text(result, config.sample)
     if jax.process_index() == 0:
-        print("sample:", repr(config.sample.prompt + train.sample_text(result, config.sample)))
+        print("sample:", repr(config.sample.prompt + text))
 
 
 if __name__ == "__main__":

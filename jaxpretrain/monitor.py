@@ -1,4 +1,4 @@
-"""Metric writers (JSONL + TensorBoard + terminal), the progress line, and anomaly warnings.
+"""Metric writers (JSONL + TensorBoard + terminal) and the progress line.
 
 A writer is anything with `write_scalars(step, scalars)` and `close()`: the trainer never knows
 which ones are attached, so adding W&B later is one class.
@@ -26,34 +26,47 @@ Scalars = Mapping[str, float | None]
 class MetricWriter(Protocol):
     def write_scalars(self, step: int, scalars: Scalars) -> None: ...
 
+    def write_event(self, step: int, event: str, details: Mapping[str, object]) -> None: ...
+
     def close(self) -> None: ...
 
 
 class JsonlWriter:
     """Appends one JSON object per logged step to `path` (`step` first, NaN/inf/None -> null).
 
-    With `resume_step`, records after that step (logged by an interrupted run past its last
-    checkpoint, and about to be logged again) are dropped first, so each step appears once.
+    Events (an anomaly, a rollback, a resume, a preemption) are records with an `event` key.
+    `records` counts the records in the file, which checkpoints store: a run resumed from a
+    checkpoint passes that count as `keep_records`, and the records written after the save
+    (about to be redone) are dropped, so each step's metrics appear once.
     """
 
-    def __init__(self, path: str, resume_step: int | None = None):
-        if resume_step is not None and os.path.exists(path):
+    def __init__(self, path: str, keep_records: int | None = None):
+        kept: list[str] = []
+        if os.path.exists(path):
             with open(path) as f:
-                kept = [
-                    line for line in f if line.strip() and json.loads(line)["step"] <= resume_step
-                ]
+                kept = [line for line in f if line.strip()]
+        if keep_records is not None and keep_records < len(kept):
+            kept = kept[:keep_records]
             with open(path + ".tmp", "w") as f:
                 f.writelines(kept)
             os.replace(path + ".tmp", path)
+        self.records = len(kept)
         # Kept open for the run's lifetime; appended to, so a resumed run continues the file.
         self._file = open(path, "a")  # noqa: SIM115
 
     def write_scalars(self, step: int, scalars: Scalars) -> None:
-        record = {"step": int(step)}
+        record: dict[str, object] = {"step": int(step)}
         for key, value in scalars.items():
             record[key] = None if value is None or not math.isfinite(value) else float(value)
+        self._append(record)
+
+    def write_event(self, step: int, event: str, details: Mapping[str, object]) -> None:
+        self._append({"step": int(step), "event": event, **details})
+
+    def _append(self, record: dict[str, object]) -> None:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        self.records += 1
 
     def close(self) -> None:
         self._file.close()
@@ -81,6 +94,9 @@ class TensorBoardWriter:
         )
         self._writer.flush()
 
+    def write_event(self, step: int, event: str, details: Mapping[str, object]) -> None:
+        pass  # events live in metrics.jsonl; TensorBoard shows the scalars around them
+
     def close(self) -> None:
         self._writer.close()
 
@@ -93,18 +109,31 @@ class MultiWriter:
         for writer in self._writers:
             writer.write_scalars(step, scalars)
 
+    def write_event(self, step: int, event: str, details: Mapping[str, object]) -> None:
+        logging.warning("step %d: %s %s", step, event, dict(details))
+        for writer in self._writers:
+            writer.write_event(step, event, details)
+
+    @property
+    def records(self) -> int:
+        """Records in metrics.jsonl (0 on processes that write none)."""
+        return sum(getattr(writer, "records", 0) for writer in self._writers)
+
     def close(self) -> None:
         for writer in self._writers:
             writer.close()
 
 
 def create_writer(
-    workdir: str, is_primary_process: bool, resume_step: int | None = None
-) -> MetricWriter:
-    """WORKDIR/metrics.jsonl + TensorBoard events in WORKDIR, on the primary process only."""
+    workdir: str, is_primary_process: bool, keep_records: int | None = None
+) -> MultiWriter:
+    """WORKDIR/metrics.jsonl + TensorBoard events in WORKDIR, on the primary process only.
+
+    `keep_records`: the metrics.jsonl record count stored with the checkpoint being resumed.
+    """
     if not is_primary_process:
         return MultiWriter([])
-    jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step)
+    jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), keep_records)
     return MultiWriter([jsonl, TensorBoardWriter(workdir)])
 
 
@@ -129,44 +158,3 @@ class Progress:
             f"{tokens_per_second:10,.0f} tok/s | eta {_format_duration(eta)}\n"
         )
         self._stream.flush()
-
-
-class AnomalyDetector:
-    """Warns on a non-finite loss and on gradient-norm spikes against a running mean.
-
-    Warnings, not stops: a single spike often recovers, and the user keeps every checkpoint.
-    """
-
-    def __init__(self, spike_factor: float, warmup_observations: int = 5, decay: float = 0.9):
-        self._spike_factor = spike_factor
-        self._warmup = warmup_observations
-        self._decay = decay
-        self._mean_grad_norm: float | None = None
-        self._seen = 0
-
-    def check(self, step: int, loss: float, grad_norm: float) -> list[str]:
-        warnings = []
-        if not math.isfinite(loss):
-            warnings.append(f"step {step}: loss is {loss}; check the learning rate and the data.")
-        if not math.isfinite(grad_norm):
-            warnings.append(f"step {step}: gradient norm is {grad_norm}.")
-        elif (
-            self._mean_grad_norm is not None
-            and self._seen >= self._warmup
-            and grad_norm > self._spike_factor * self._mean_grad_norm
-        ):
-            warnings.append(
-                f"step {step}: gradient norm {grad_norm:.3g} is "
-                f"{grad_norm / self._mean_grad_norm:.1f}x its running mean "
-                f"{self._mean_grad_norm:.3g}."
-            )
-        if math.isfinite(grad_norm):
-            self._seen += 1
-            self._mean_grad_norm = (
-                grad_norm
-                if self._mean_grad_norm is None
-                else self._decay * self._mean_grad_norm + (1 - self._decay) * grad_norm
-            )
-        for warning in warnings:
-            logging.warning(warning)
-        return warnings

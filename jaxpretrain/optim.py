@@ -1,4 +1,5 @@
-"""The optimizer: global-norm clipping + AdamW with warmup-cosine schedule and a decay mask."""
+"""The optimizer: global-norm clipping + AdamW with warmup-cosine schedule and a decay mask, then
+an optional cap on the update's global norm."""
 
 from __future__ import annotations
 
@@ -30,7 +31,14 @@ def decay_mask(params) -> object:
 
 
 def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The optax chain used by the train step, built from `config.train`."""
+    """The optax chain used by the train step, built from `config.train`.
+
+    `grad_clip` bounds the gradient's global norm before AdamW; `max_update_norm` bounds the
+    final update's (after AdamW, weight decay and the learning rate). Adam divides each
+    coordinate by its running gradient scale, which largely undoes a gradient clip: a sudden
+    large gradient after quiet steps still moves every parameter by up to ~lr. The update cap
+    bounds that move. 0 leaves either out.
+    """
     chain = []
     if train_cfg.grad_clip > 0:
         chain.append(optax.clip_by_global_norm(train_cfg.grad_clip))
@@ -44,4 +52,6 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransf
             mask=decay_mask,
         )
     )
+    if train_cfg.max_update_norm > 0:
+        chain.append(optax.clip_by_global_norm(train_cfg.max_update_norm))
     return optax.chain(*chain)

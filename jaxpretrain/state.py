@@ -1,9 +1,11 @@
 """The sharded train state: its shapes, its shardings and its initialisation.
 
-The state is a plain dict pytree `{step, params, opt_state, rng}` whose `params` is the model's
-NNX state as a pure dict: optax, Orbax and `jax.jit` shardings all work on it directly, and
-`nnx.merge(graphdef, params)` turns it back into a module inside a step. Everything here is
-computed abstractly first, so a 7B layout costs no memory.
+The state is a plain dict pytree `{step, params, opt_state, rng, anomaly}` whose `params` is the
+model's NNX state as a pure dict: optax, Orbax and `jax.jit` shardings all work on it directly, and
+`nnx.merge(graphdef, params)` turns it back into a module inside a step. `anomaly` holds the train
+step's moving average of the loss (`steps.AnomalyPolicy`), so a resumed run judges spikes as the
+uninterrupted one would. Everything here is computed abstractly first, so a 7B layout costs no
+memory.
 """
 
 from __future__ import annotations
@@ -24,7 +26,17 @@ from jaxpretrain import mesh as mesh_lib
 from jaxpretrain import optim
 from jaxpretrain.model import ModelConfig, Transformer
 
-TrainState = dict[str, Any]  # {"step": int32[], "params": pure dict, "opt_state", "rng": u32[2]}
+# {"step": int32[], "params": pure dict, "opt_state", "rng": u32[2],
+#  "anomaly": {"loss_ema": float32[], "observed": int32[]}}
+TrainState = dict[str, Any]
+
+
+def _anomaly_state_shapes() -> dict[str, jax.ShapeDtypeStruct]:
+    """The loss's moving average and how many losses it has averaged (see steps.AnomalyPolicy)."""
+    return {
+        "loss_ema": jax.ShapeDtypeStruct((), jnp.float32),
+        "observed": jax.ShapeDtypeStruct((), jnp.int32),
+    }
 
 
 def _make_model(model_cfg: ModelConfig, rng: jax.Array) -> Transformer:
@@ -75,12 +87,14 @@ def state_layout(
         "params": param_shardings,
         "opt_state": opt_shardings,
         "rng": mesh_lib.replicated(mesh),
+        "anomaly": {key: mesh_lib.replicated(mesh) for key in _anomaly_state_shapes()},
     }
     abstract = {
         "step": jax.ShapeDtypeStruct((), jnp.int32),
         "params": abstract_params,
         "opt_state": abstract_opt_state,
         "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
+        "anomaly": _anomaly_state_shapes(),
     }
     abstract = jax.tree.map(
         lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
@@ -103,6 +117,10 @@ def init_state(
             "params": params,
             "opt_state": tx.init(params),
             "rng": state_rng,
+            "anomaly": {
+                key: jnp.zeros(shape.shape, shape.dtype)
+                for key, shape in _anomaly_state_shapes().items()
+            },
         }
 
     return jax.jit(init, out_shardings=layout.shardings)(jax.random.PRNGKey(seed))

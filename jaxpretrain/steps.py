@@ -1,4 +1,5 @@
-"""The jitted steps: train (with gradient accumulation), eval, and the eval reduction.
+"""The jitted steps: train (with gradient accumulation, z-loss and anomaly handling), eval, and
+the eval reduction.
 
 Each step is one `jax.jit` with explicit in/out shardings from the state layout, traced inside
 `mesh.axis_rules` so the model's activation constraints and the pipeline's stage axis apply.
@@ -7,6 +8,7 @@ The loop that calls them is in `train.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Iterable
@@ -14,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -47,6 +50,106 @@ def _batch_shardings(batch_sharding: NamedSharding) -> dict[str, NamedSharding]:
     return {key: batch_sharding for key in pipeline.BATCH_FEATURES}
 
 
+# Bit flags of the train step's `anomaly` metric (0: a normal step).
+ANOMALY_NON_FINITE = 1  # the loss or the gradient norm is NaN or infinite
+ANOMALY_LOSS_SPIKE = 2  # loss > loss_spike_factor x its moving average
+ANOMALY_GRAD_SPIKE = 4  # gradient norm > max_grad_norm
+
+
+@dataclasses.dataclass(frozen=True)
+class AnomalyPolicy:
+    """When the train step calls a step anomalous, and whether it then drops the update.
+
+    A step is anomalous when its loss or gradient norm is not finite; when its loss exceeds
+    `loss_spike_factor` x the moving average of earlier losses, judged only once `warmup_steps`
+    losses have been averaged (0 disables); or when its gradient norm exceeds `max_grad_norm`
+    (0 disables). The moving average (decay `ema_decay` per step) takes finite, normal losses
+    only, so a spike does not raise the bar for the next one. With `skip_update` an anomalous
+    step leaves the parameters and the optimizer state exactly as they were; without, the
+    update is applied and only flagged.
+    """
+
+    skip_update: bool
+    loss_spike_factor: float
+    max_grad_norm: float
+    ema_decay: float
+    warmup_steps: int
+
+    @classmethod
+    def from_config(cls, train_cfg: ml_collections.ConfigDict) -> AnomalyPolicy:
+        """The policy of `config.train.anomaly`; actions skip and rollback both drop the update
+        (rollback's restore happens in the train loop), warn applies it."""
+        settings = train_cfg.anomaly
+        if settings.action not in ("warn", "skip", "rollback"):
+            raise ValueError(
+                f"config key train.anomaly.action={settings.action!r} is unknown; use warn, "
+                "skip or rollback."
+            )
+        return cls(
+            skip_update=settings.action in ("skip", "rollback"),
+            loss_spike_factor=float(settings.loss_spike_factor),
+            max_grad_norm=float(settings.max_grad_norm),
+            ema_decay=float(settings.ema_decay),
+            warmup_steps=int(settings.warmup_steps),
+        )
+
+
+# A step made without a policy still flags non-finite values and averages the loss (both cost a
+# few scalar ops) but never drops an update.
+_DETECT_NON_FINITE_ONLY = AnomalyPolicy(
+    skip_update=False, loss_spike_factor=0.0, max_grad_norm=0.0, ema_decay=0.99, warmup_steps=0
+)
+
+
+def z_loss_sum(logits_BLV: jax.Array, loss_weights_BL: jax.Array) -> jax.Array:
+    """PaLM's z-loss before its coefficient: sum over tokens of weight x logsumexp(logits)^2.
+
+    Pushing log Z towards 0 keeps the softmax normaliser near 1, which keeps bfloat16 logits
+    from drifting large; it does not change which token is predicted.
+    """
+    log_z_BL = jax.nn.logsumexp(logits_BLV.astype(jnp.float32), axis=-1)
+    return jnp.sum(loss_weights_BL.astype(jnp.float32) * jnp.square(log_z_BL))
+
+
+def _judge_step(
+    policy: AnomalyPolicy, loss: jax.Array, grad_norm: jax.Array, anomaly_state: dict
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(the step's int32 anomaly flags, the next `state["anomaly"]`), all on device."""
+    loss_ema, observed = anomaly_state["loss_ema"], anomaly_state["observed"]
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    flags = (~finite).astype(jnp.int32) * ANOMALY_NON_FINITE
+    if policy.loss_spike_factor > 0:
+        # At least one loss averaged: an empty average (0) would call every loss a spike. NaN
+        # compares False, so a non-finite loss is flagged above only.
+        warmed_up = observed >= max(policy.warmup_steps, 1)
+        loss_spike = warmed_up & (loss > policy.loss_spike_factor * loss_ema)
+        flags |= loss_spike.astype(jnp.int32) * ANOMALY_LOSS_SPIKE
+    if policy.max_grad_norm > 0:
+        flags |= (grad_norm > policy.max_grad_norm).astype(jnp.int32) * ANOMALY_GRAD_SPIKE
+    normal = flags == 0
+    # The first loss starts the average: from 0 it would take ~1 / (1 - decay) steps to forget.
+    averaged = jnp.where(
+        observed == 0, loss, policy.ema_decay * loss_ema + (1 - policy.ema_decay) * loss
+    )
+    next_state = {
+        "loss_ema": jnp.where(normal, averaged, loss_ema).astype(jnp.float32),
+        "observed": observed + normal.astype(jnp.int32),
+    }
+    return flags, next_state
+
+
+def _optimizer_step(opt_state: Any, step: jax.Array) -> jax.Array:
+    """The step the optimizer's learning-rate schedule is at.
+
+    It is behind `state["step"]` by the updates skipped so far, since a skipped step does not
+    advance the optimizer's count; `step` when the optimizer has no schedule state.
+    """
+    schedule_states = optax.tree.get_all_with_path(opt_state, "ScaleByScheduleState")
+    if len(schedule_states) != 1:
+        return step
+    return schedule_states[0][1].count
+
+
 def make_train_step(
     layout: StateLayout,
     objective: objectives.Objective,
@@ -54,63 +157,105 @@ def make_train_step(
     schedule: optax.Schedule,
     batch_sharding: NamedSharding,
     grad_accum_steps: int = 1,
+    anomaly: AnomalyPolicy | None = None,
+    z_loss: float = 0.0,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """A jitted (state, batch) -> (state, metrics) with explicit shardings; donates the state.
 
     With `grad_accum_steps` = k > 1 the batch runs as k sequential micro-steps. Their summed
     losses and summed weights make the update (sum of loss / sum of weight, not a mean of
     means), so it equals the update of the whole batch at once.
+
+    `anomaly` judges every step on device, with no host round trip (see `AnomalyPolicy`); None
+    flags non-finite steps but never skips one. `state["step"]` counts batches consumed, so it
+    advances on a skipped step too, while the parameters, the optimizer state and its
+    learning-rate schedule do not.
+
+    `z_loss` > 0 adds `z_loss * z_loss_sum(logits, loss_weights)` to the loss that is
+    differentiated, per micro-step, so accumulation still divides by the whole batch's weight;
+    0 builds the step without it.
+
+    Metrics (replicated scalars): `loss` (the objective's, per weight, without the z-loss),
+    `grad_norm` (of the mean gradient, before clipping), `learning_rate` (the one this update
+    used), `anomaly` (int32 bit flags: ANOMALY_NON_FINITE | ANOMALY_LOSS_SPIKE |
+    ANOMALY_GRAD_SPIKE; 0 normal), `update_skipped` (int32 0/1), `loss_ema` (the loss's moving
+    average after this step; an anomalous step leaves it as judged), and `z_loss` (the z-loss
+    term per weight, coefficient included) when `z_loss` > 0.
     """
+    if z_loss < 0:
+        raise ValueError(f"config key train.z_loss={z_loss} must be >= 0 (0 disables).")
+    policy = anomaly or _DETECT_NON_FINITE_ONLY
+    sum_keys = ("loss", "weight", "z_loss") if z_loss > 0 else ("loss", "weight")
 
-    def loss_sums(params, batch):
+    def loss_and_sums(params, batch):
         logits_BLV = _forward(layout.graphdef, params, batch)
-        return objective.loss(logits_BLV, batch["targets"], batch["loss_weights"])
+        loss_sum, weight_sum = objective.loss(logits_BLV, batch["targets"], batch["loss_weights"])
+        sums = {"loss": loss_sum, "weight": weight_sum}
+        if z_loss == 0:
+            return loss_sum, sums
+        sums["z_loss"] = z_loss * z_loss_sum(logits_BLV, batch["loss_weights"])
+        return loss_sum + sums["z_loss"], sums
 
-    sums_and_grads = jax.value_and_grad(loss_sums, has_aux=True)
+    def sums_and_grads(params, batch):
+        (_, sums), grads = jax.value_and_grad(loss_and_sums, has_aux=True)(params, batch)
+        return sums, grads
 
     def accumulated_sums_and_grads(params, batch):
         micro_batches = jax.tree.map(lambda x: mesh_lib.split_batch(x, grad_accum_steps), batch)
 
         def micro_step(carry, micro_batch):
-            loss_sum, weight_sum, grads = carry
-            (micro_loss, micro_weight), micro_grads = sums_and_grads(params, micro_batch)
+            sums, grads = carry
+            micro_sums, micro_grads = sums_and_grads(params, micro_batch)
             grads = jax.tree.map(lambda g, m: g + m.astype(jnp.float32), grads, micro_grads)
             grads = jax.lax.with_sharding_constraint(grads, layout.shardings["params"])
-            return (loss_sum + micro_loss, weight_sum + micro_weight, grads), None
+            return (jax.tree.map(jnp.add, sums, micro_sums), grads), None
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         zeros = jax.lax.with_sharding_constraint(zeros, layout.shardings["params"])
-        (loss_sum, weight_sum, grads), _ = jax.lax.scan(
-            micro_step,
-            (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros),
-            micro_batches,
-        )
-        return (loss_sum, weight_sum), grads
+        zero_sums = {key: jnp.zeros((), jnp.float32) for key in sum_keys}
+        (sums, grads), _ = jax.lax.scan(micro_step, (zero_sums, zeros), micro_batches)
+        return sums, grads
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         if grad_accum_steps == 1:
-            (loss_sum, weight_sum), grad_sums = sums_and_grads(state["params"], batch)
+            sums, grad_sums = sums_and_grads(state["params"], batch)
         else:
-            (loss_sum, weight_sum), grad_sums = accumulated_sums_and_grads(state["params"], batch)
-        weight = jnp.maximum(weight_sum, 1.0)
+            sums, grad_sums = accumulated_sums_and_grads(state["params"], batch)
+        weight = jnp.maximum(sums["weight"], 1.0)
         # Divide in float32 and round once: a bfloat16 token count alone is off by up to 0.4%.
         grads = jax.tree.map(
             lambda g, p: (g.astype(jnp.float32) / weight).astype(p.dtype),
             grad_sums,
             state["params"],
         )
+        loss, grad_norm = sums["loss"] / weight, optax.tree.norm(grads)
+        flags, anomaly_state = _judge_step(policy, loss, grad_norm, state["anomaly"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        skipped = jnp.zeros((), jnp.bool_)
+        if policy.skip_update:
+            # A select, not a branch: it fuses into the update, and NaNs in the discarded
+            # update never reach the kept state.
+            skipped = flags != 0
+            params = optax.tree.where(skipped, state["params"], params)
+            opt_state = optax.tree.where(skipped, state["opt_state"], opt_state)
         new_state = {
             "step": state["step"] + 1,
-            "params": optax.apply_updates(state["params"], updates),
+            "params": params,
             "opt_state": opt_state,
             "rng": state["rng"],
+            "anomaly": anomaly_state,
         }
         metrics = {
-            "loss": loss_sum / weight,
-            "grad_norm": optax.tree.norm(grads),
-            "learning_rate": schedule(state["step"]),
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "learning_rate": schedule(_optimizer_step(state["opt_state"], state["step"])),
+            "anomaly": flags,
+            "update_skipped": skipped.astype(jnp.int32),
+            "loss_ema": anomaly_state["loss_ema"],
         }
+        if z_loss > 0:
+            metrics["z_loss"] = sums["z_loss"] / weight
         return new_state, metrics
 
     jitted = jax.jit(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -17,13 +18,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxpretrain import checkpoint, flops, monitor, objectives, sample, steps
+from jaxpretrain import checkpoint, flops, monitor, objectives, recovery, sample, steps
 from jaxpretrain import config as config_lib
 from jaxpretrain import mesh as mesh_lib
 from jaxpretrain import state as state_lib
 from jaxpretrain.data import device as data_device
 from jaxpretrain.data import manifest as manifest_lib
-from jaxpretrain.data import pipeline
+from jaxpretrain.data import pipeline, streams
 from jaxpretrain.state import TrainState
 from jaxpretrain.tokenizer import Tokenizer
 
@@ -70,6 +71,20 @@ class Experiment:
         lengths_V = np.pad(lengths_V, (0, self.model_config.vocab_size - len(lengths_V)))
         return jax.device_put(lengths_V, mesh_lib.replicated(self.mesh))
 
+    def train_iterator(self, num_streams: int) -> grain.DatasetIterator:
+        """This process's training batches, from `num_streams` data streams (see pipeline)."""
+        return pipeline.make_train_iterator(
+            self.manifest,
+            examples_fn=self.examples_fn,
+            seq_len=self.config.train.seq_len,
+            batch_size_per_process=self.batch_size_per_process,
+            seed=self.config.train.seed,
+            process_index=self.setup.data_slot[0],
+            process_count=self.setup.data_slot[1],
+            num_streams=num_streams,
+            shuffle_window=self.config.data.shuffle_window,
+        )
+
     def checkpointer(self, workdir: str) -> checkpoint.Checkpointer:
         return checkpoint.Checkpointer(
             os.path.join(workdir, "checkpoints"),
@@ -114,6 +129,7 @@ class TrainResult:
     experiment: Experiment
     state: TrainState
     history: list[dict[str, float | None]]  # the records this call wrote to metrics.jsonl
+    preempted: bool = False  # stopped early by SIGTERM after saving; rerun to continue
 
 
 def train_and_evaluate(
@@ -135,7 +151,8 @@ def run_training(
 
     `train_iterator` replaces the prepared data's train batches with another checkpointable
     source of this process's batches (e.g. `data.seqio_tasks.make_seqio_train_iterator`, so a
-    registered seqio Task feeds the trainer); validation still reads the prepared data.
+    registered seqio Task feeds the trainer); validation still reads the prepared data. Such an
+    iterator resumes only on the process count that saved it.
     """
     config = exp.config
     train_step = steps.make_train_step(
@@ -145,6 +162,8 @@ def run_training(
         exp.schedule,
         exp.batch_sharding,
         grad_accum_steps=config.train.grad_accum_steps,
+        anomaly=steps.AnomalyPolicy.from_config(config.train),
+        z_loss=config.train.z_loss,
     )
     eval_step = steps.make_eval_step(
         exp.layout,
@@ -153,25 +172,21 @@ def run_training(
         micro_steps=exp.config.train.grad_accum_steps,
     )
     token_bytes_V = exp.token_bytes()
-    train_iter = train_iterator or pipeline.make_train_iterator(
-        exp.manifest,
-        examples_fn=exp.examples_fn,
-        seq_len=config.train.seq_len,
-        batch_size_per_process=exp.batch_size_per_process,
-        seed=config.train.seed,
-        process_index=exp.setup.data_slot[0],
-        process_count=exp.setup.data_slot[1],
-        shuffle_window=config.data.shuffle_window,
-    )
+    own_pipeline = train_iterator is None
     checkpointer = exp.checkpointer(workdir)
-    restored = checkpointer.restore(exp.layout.abstract_state)
-    if restored is None:
-        state = state_lib.init_state(exp.model_config, exp.tx, exp.layout, config.train.seed)
-        start_step = 0
-    else:
-        start_step, state, data_state = restored
-        train_iter.set_state(data_state)
-        logging.info("resumed from checkpoint at step %d", start_step)
+    check_run = functools.partial(recovery.check_same_model, config, str(checkpointer.directory))
+    try:
+        restored = checkpointer.restore(exp.layout.abstract_state, check_run=check_run)
+        train_iter = train_iterator or exp.train_iterator(_num_streams(exp, restored))
+        if restored is None:
+            state = state_lib.init_state(exp.model_config, exp.tx, exp.layout, config.train.seed)
+        else:
+            state = restored.state
+            recovery.set_data_position(train_iter, restored.data_states, own_pipeline)
+    except BaseException:
+        checkpointer.close()
+        raise
+    start_step = restored.step if restored else 0
 
     def run_eval(params) -> dict[str, float]:
         return steps.evaluate(
@@ -185,9 +200,23 @@ def run_training(
         )
 
     is_primary = jax.process_index() == 0
-    writer = monitor.create_writer(workdir, is_primary, resume_step=start_step)
+    # Records past the checkpoint (all of them without one) are about to be logged again.
+    writer = monitor.create_writer(
+        workdir, is_primary, keep_records=restored.run["metrics_records"] if restored else 0
+    )
+    if restored is not None:
+        logging.info("resumed from checkpoint at step %d", start_step)
+        writer.write_event(
+            start_step, "resume", {"processes": jax.process_count(), "devices": exp.mesh.size}
+        )
+    config_json = json.loads(json.dumps(config.to_dict(), default=str))
+
+    def save(step: int) -> None:
+        run_info = {"config": config_json, "metrics_records": writer.records}
+        checkpointer.save(step, state, train_iter.get_state(), run_info, force=True)
+
     progress = monitor.Progress(config.train.steps)
-    anomalies = monitor.AnomalyDetector(config.train.spike_factor)
+    anomaly_guard = recovery.AnomalyGuard(config.train.anomaly, writer)
     flops_per_token = flops.train_flops_per_token(exp.model_config, config.train.seq_len)
     peak = flops.peak_flops_per_device(jax.devices()[0], config.train.peak_tflops_per_device)
     tokens_per_step = config.train.batch_size * config.train.seq_len
@@ -197,86 +226,137 @@ def run_training(
         writer.write_scalars(step, scalars)
         history.append({"step": step, **scalars})
 
-    if start_step == 0 and config.eval.every > 0:
-        write(0, run_eval(state["params"]))
-
+    if config.checkpoint.save_on_preemption:
+        checkpointer.watch_preemption()
     pending: list[dict[str, jax.Array]] = []
     # Host-side token counts of the interval's batches: positions, non-pad, carrying loss.
     interval_tokens = np.zeros(3, np.int64)
     interval_start, interval_steps = time.perf_counter(), 0
-    for step in range(start_step + 1, config.train.steps + 1):
-        host_batch = next(train_iter)
-        interval_tokens += (
-            host_batch["segment_ids"].size,
-            np.count_nonzero(host_batch["segment_ids"]),
-            np.count_nonzero(host_batch["loss_weights"]),
-        )
-        batch = data_device.to_global_arrays(
-            host_batch, exp.batch_sharding, config.train.batch_size
-        )
-        state, metrics = train_step(state, batch)
-        pending.append(metrics)
-        interval_steps += 1
-        if step == start_step + 1:
-            # Exclude compilation from throughput: restart the clock after the first step.
-            jax.block_until_ready(metrics)
-            interval_start, interval_steps = time.perf_counter(), 0
-
-        is_last = step == config.train.steps
-        scalars: dict[str, float | None] = {}
-        if step % config.train.log_every == 0 or is_last:
-            fetched = jax.device_get(pending)  # the only host sync of the interval
-            elapsed = time.perf_counter() - interval_start
-            first_step = step - len(fetched) + 1
-            for offset, step_metrics in enumerate(fetched):
-                anomalies.check(
-                    first_step + offset,
-                    float(step_metrics["loss"]),
-                    float(step_metrics["grad_norm"]),
-                )
-            tokens_per_second = (
-                interval_steps * tokens_per_step / elapsed if interval_steps else 0.0
+    step, clock_step, preempted = start_step, start_step, False
+    try:
+        if start_step == 0 and config.eval.every > 0:
+            write(0, run_eval(state["params"]))
+        while step < config.train.steps:
+            step += 1
+            host_batch = next(train_iter)
+            interval_tokens += (
+                host_batch["segment_ids"].size,
+                np.count_nonzero(host_batch["segment_ids"]),
+                np.count_nonzero(host_batch["loss_weights"]),
             )
-            scalars = {
-                "loss": float(np.mean([m["loss"] for m in fetched])),
-                "learning_rate": float(fetched[-1]["learning_rate"]),
-                "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
-                "tokens_per_second": tokens_per_second,
-                "mfu": flops.mfu(tokens_per_second, flops_per_token, peak, exp.mesh.size),
-                # Share of row positions holding a token (packing) / carrying loss (objective).
-                "packing_efficiency": float(interval_tokens[1] / interval_tokens[0]),
-                "loss_token_fraction": float(interval_tokens[2] / interval_tokens[0]),
-            }
-            if is_primary:
-                steps_per_second = interval_steps / max(elapsed, 1e-9)
-                progress.report(step, scalars["loss"], tokens_per_second, steps_per_second)
-            pending = []
-            interval_tokens[:] = 0
-            interval_start, interval_steps = time.perf_counter(), 0
-        if config.eval.every > 0 and (step % config.eval.every == 0 or is_last):
-            scalars.update(run_eval(state["params"]))
-            logging.info("step %d: %s", step, {k: v for k, v in scalars.items() if "eval" in k})
-        if scalars:
-            write(step, scalars)
-        if step % config.checkpoint.every == 0 or is_last:
-            checkpointer.save(step, state, train_iter.get_state(), force=True)
+            batch = data_device.to_global_arrays(
+                host_batch, exp.batch_sharding, config.train.batch_size
+            )
+            state, metrics = train_step(state, batch)
+            pending.append(metrics)
+            interval_steps += 1
+            if step == clock_step + 1:
+                # Exclude compilation from throughput: restart the clock after the first step.
+                jax.block_until_ready(metrics)
+                interval_start, interval_steps = time.perf_counter(), 0
 
-    checkpointer.close()
-    writer.close()
-    return TrainResult(exp, state, history)
+            is_last = step == config.train.steps
+            scalars: dict[str, float | None] = {}
+            if step % config.train.log_every == 0 or is_last:
+                fetched = jax.device_get(pending)  # the only host sync of the interval
+                elapsed = time.perf_counter() - interval_start
+                first_step = step - len(fetched) + 1
+                bad_step = anomaly_guard.review(first_step, fetched)
+                normal = [m for m in fetched if not int(m["anomaly"])] or fetched
+                tokens_per_second = (
+                    interval_steps * tokens_per_step / elapsed if interval_steps else 0.0
+                )
+                scalars = {
+                    "loss": float(np.mean([m["loss"] for m in normal])),
+                    "learning_rate": float(fetched[-1]["learning_rate"]),
+                    "grad_norm": float(np.mean([m["grad_norm"] for m in normal])),
+                    "tokens_per_second": tokens_per_second,
+                    "mfu": flops.mfu(tokens_per_second, flops_per_token, peak, exp.mesh.size),
+                    # Share of row positions holding a token (packing) / carrying loss.
+                    "packing_efficiency": float(interval_tokens[1] / interval_tokens[0]),
+                    "loss_token_fraction": float(interval_tokens[2] / interval_tokens[0]),
+                    "skipped_updates": float(sum(int(m["update_skipped"]) for m in fetched)),
+                }
+                if config.train.z_loss > 0:
+                    scalars["z_loss"] = float(np.mean([m["z_loss"] for m in normal]))
+                if is_primary:
+                    steps_per_second = interval_steps / max(elapsed, 1e-9)
+                    progress.report(step, scalars["loss"], tokens_per_second, steps_per_second)
+                pending = []
+                interval_tokens[:] = 0
+                interval_start, interval_steps = time.perf_counter(), 0
+                if bad_step is not None:
+                    write(step, scalars)
+                    anomaly_guard.count_rollback(bad_step)
+                    skip_batches = config.train.anomaly.rollback_skip_batches
+                    target = recovery.rollback(
+                        checkpointer,
+                        exp.layout.abstract_state,
+                        train_iter,
+                        bad_step=bad_step,
+                        skip_batches=skip_batches,
+                        own_pipeline=own_pipeline,
+                    )
+                    if target is None:
+                        writer.write_event(step, "rollback_unavailable", {"bad_step": bad_step})
+                    else:
+                        details = {"to_step": target.step, "skipped_batches": skip_batches}
+                        writer.write_event(step, "rollback", details)
+                        step, state, clock_step = target.step, target.state, target.step
+                    continue
+            if config.eval.every > 0 and (step % config.eval.every == 0 or is_last):
+                scalars.update(run_eval(state["params"]))
+                logging.info("step %d: %s", step, {k: v for k, v in scalars.items() if "eval" in k})
+            if scalars:
+                write(step, scalars)
+            preempted = checkpointer.preempted(step)
+            if preempted:
+                writer.write_event(step, "preempted", {})
+            if step % config.checkpoint.every == 0 or is_last or preempted:
+                save(step)
+            if preempted:
+                logging.warning("saved checkpoint %d after a preemption signal; exiting", step)
+                break
+    finally:
+        writer.close()
+        checkpointer.close()  # waits for the last save: a preemption's must be on storage
+    return TrainResult(exp, state, history, preempted=preempted)
+
+
+def _num_streams(exp: Experiment, restored: checkpoint.Restored | None) -> int:
+    """The run's data stream count: the saved one when resuming (it fixes the data order)."""
+    configured = exp.config.data.num_streams
+    if restored is None:
+        return configured or exp.setup.data_slot[1]
+    saved = streams.merge_stream_states(restored.data_states)["num_streams"]
+    if configured not in (0, saved):
+        logging.warning(
+            "data.num_streams=%d ignored: the run was started with %d streams, which decide its "
+            "data order until it ends.",
+            configured,
+            saved,
+        )
+    return saved
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Validation metrics of the latest checkpoint in `workdir`."""
     exp = build_experiment(config, workdir)
     checkpointer = exp.checkpointer(workdir)
-    restored = checkpointer.restore(exp.layout.abstract_state)
-    checkpointer.close()
+    try:
+        restored = checkpointer.restore(
+            exp.layout.abstract_state,
+            check_run=functools.partial(
+                recovery.check_same_model, config, str(checkpointer.directory)
+            ),
+        )
+    finally:
+        checkpointer.close()
     if restored is None:
         raise FileNotFoundError(
             f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; train first (--mode=train)."
         )
-    step, state, _ = restored
+    step, state = restored.step, restored.state
     eval_step = steps.make_eval_step(
         exp.layout,
         exp.objective,

@@ -44,14 +44,24 @@ def test_fill_axis_takes_the_remaining_devices():
         ("mesh.pipeline_repeats", 2, "apply to pipeline parallelism only"),
         ("train.grad_accum_steps", 3, "train.grad_accum_steps=3"),
         ("eval.steps", 0, "eval.steps=0"),
+        ("model.dtype", "float16", "model.dtype='float16' needs loss scaling"),
+        ("train.anomaly.action", "ignore", "train.anomaly.action='ignore'"),
+        ("train.anomaly.loss_spike_factor", 0.5, "train.anomaly.loss_spike_factor=0.5"),
+        ("train.anomaly.ema_decay", 1.0, "train.anomaly.ema_decay=1.0"),
+        ("train.anomaly.max_rollbacks", -1, "train.anomaly.max_rollbacks=-1"),
+        ("train.z_loss", -1e-4, "train.z_loss=-0.0001"),
+        ("data.num_streams", -2, "data.num_streams=-2"),
     ],
 )
 def test_invalid_values_name_the_key(key, value, message):
     config = tiny_config()
-    section, name = key.split(".")
+    *sections, name = key.split(".")
     if key == "mesh.fsdp":
         config.mesh.data = 1
-    config[section][name] = value
+    section = config
+    for part in sections:
+        section = section[part]
+    section[name] = value
     with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(")):
         config_lib.validate(config, num_devices=8)
 
@@ -102,3 +112,11 @@ def test_batch_must_split_into_micro_steps_microbatches_and_shards():
         "tensor": 1,
         "pipe": 4,
     }
+
+
+def test_bfloat16_parameters_are_allowed_with_a_warning(caplog):
+    config = tiny_config()
+    config.model.param_dtype = "bfloat16"
+    with caplog.at_level("WARNING"):
+        config_lib.validate(config, num_devices=8)
+    assert "keeps no float32 master weights" in caplog.text

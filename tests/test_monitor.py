@@ -1,4 +1,4 @@
-"""Metric writers and anomaly warnings."""
+"""Metric writers: JSONL records and events, TensorBoard."""
 
 import json
 import math
@@ -20,17 +20,34 @@ def test_jsonl_one_record_per_step_with_nonfinite_as_null(tmp_path):
     assert read_jsonl(path) == [{"step": 10, "loss": 2.5, "mfu": None}, {"step": 20, "loss": None}]
 
 
-def test_resume_drops_records_past_the_checkpoint(tmp_path):
+def test_resume_keeps_the_records_written_before_the_checkpoint(tmp_path):
     path = tmp_path / "metrics.jsonl"
     writer = monitor.JsonlWriter(str(path))
-    for step in (10, 20, 30):
-        writer.write_scalars(step, {"loss": float(step)})
+    writer.write_scalars(10, {"loss": 1.0})
+    writer.write_scalars(20, {"loss": 2.0})
+    saved_records = writer.records  # what a checkpoint at step 20 stores
+    writer.write_event(25, "anomaly", {"flags": 1})
+    writer.write_scalars(30, {"loss": 3.0})  # past the checkpoint: redone after the resume
     writer.close()
-    writer = monitor.JsonlWriter(str(path), resume_step=20)
-    writer.write_scalars(30, {"loss": 3.0})
+    writer = monitor.JsonlWriter(str(path), keep_records=saved_records)
+    writer.write_scalars(30, {"loss": 3.5})
     writer.close()
-    assert [r["step"] for r in read_jsonl(path)] == [10, 20, 30]
-    assert read_jsonl(path)[-1]["loss"] == 3.0
+    assert read_jsonl(path) == [
+        {"step": 10, "loss": 1.0},
+        {"step": 20, "loss": 2.0},
+        {"step": 30, "loss": 3.5},
+    ]
+
+
+def test_a_resume_without_a_record_count_keeps_every_record(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    writer = monitor.JsonlWriter(str(path))
+    writer.write_event(7, "rollback", {"to_step": 5})
+    writer.close()
+    writer = monitor.JsonlWriter(str(path))
+    assert writer.records == 1
+    writer.close()
+    assert read_jsonl(path) == [{"step": 7, "event": "rollback", "to_step": 5}]
 
 
 def test_tensorboard_events_are_readable(tmp_path):
@@ -42,11 +59,3 @@ def test_tensorboard_events_are_readable(tmp_path):
     accumulator = event_accumulator.EventAccumulator(str(tmp_path))
     accumulator.Reload()
     assert [(e.step, e.value) for e in accumulator.Scalars("loss")] == [(5, 1.25)]
-
-
-def test_anomalies_warn_on_nan_and_spikes():
-    detector = monitor.AnomalyDetector(spike_factor=5.0, warmup_observations=3)
-    for step in range(1, 6):
-        assert detector.check(step, loss=2.0, grad_norm=1.0) == []
-    assert "gradient norm" in detector.check(6, loss=2.0, grad_norm=50.0)[0]
-    assert "loss is nan" in detector.check(7, loss=math.nan, grad_norm=1.0)[0]

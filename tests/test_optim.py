@@ -1,5 +1,6 @@
 """Optimizer: schedule shape and which parameters get weight decay."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -53,3 +54,37 @@ def jax_zeros_like(tree):
     import jax
 
     return jax.tree.map(jnp.zeros_like, tree)
+
+
+def test_max_update_norm_rescales_the_adamw_update_to_its_bound():
+    params = {
+        "mlp": {"kernel": jnp.ones((4, 3))},
+        "norm": {"scale": jnp.ones(3)},
+    }
+    rng = np.random.default_rng(0)
+    grads = {
+        "mlp": {"kernel": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)},
+        "norm": {"scale": jnp.asarray(rng.normal(size=3), jnp.float32)},
+    }
+    cfg = train_config()
+    cfg.warmup_steps, cfg.lr = 0, 0.1
+
+    def first_update(max_update_norm: float):
+        cfg.max_update_norm = max_update_norm
+        tx = optim.make_optimizer(cfg)
+        return tx.update(grads, tx.init(params), params)[0]
+
+    unclipped = first_update(0.0)
+    unclipped_norm = float(optax.tree.norm(unclipped))
+    # Adam's first step moves every coordinate by about lr: a norm near 0.1 * sqrt(15).
+    assert unclipped_norm > 0.3
+    clipped = first_update(0.1)
+    np.testing.assert_allclose(float(optax.tree.norm(clipped)), 0.1, rtol=1e-5)
+    # The same direction: the cap rescales AdamW's update, it does not change it.
+    jax.tree.map(
+        lambda c, u: np.testing.assert_allclose(c, u * 0.1 / unclipped_norm, rtol=1e-5),
+        clipped,
+        unclipped,
+    )
+    # A cap above the update's norm changes nothing.
+    jax.tree.map(np.testing.assert_array_equal, first_update(10.0), unclipped)

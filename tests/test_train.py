@@ -123,20 +123,23 @@ def test_resumed_run_equals_uninterrupted_run(
         jax.device_get(resumed.state["params"]),
     )
     with open(tmp_path / "b" / "metrics.jsonl") as f:
-        steps = [json.loads(line)["step"] for line in f]
-    assert steps == [1, 2, 3, 4, 5, 6]
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records if "event" not in r] == [1, 2, 3, 4, 5, 6]
+    assert [r for r in records if "event" in r] == [
+        {"step": 3, "event": "resume", "processes": 1, "devices": jax.device_count()}
+    ]
 
     # Parameters keep their layout whatever the mesh: the checkpoint restores on one device.
     config.mesh.update(data=1, fsdp=1, pipe=1, microbatches=1, pipeline_repeats=1)
     one_device = train.build_experiment(config, str(tmp_path / "a"), devices=jax.devices()[:1])
     checkpointer = one_device.checkpointer(str(tmp_path / "a"))
-    step, state, _ = checkpointer.restore(one_device.layout.abstract_state)
+    restored = checkpointer.restore(one_device.layout.abstract_state)
     checkpointer.close()
-    assert step == 6
+    assert restored.step == 6
     jax.tree.map(
         np.testing.assert_array_equal,
         jax.device_get(uninterrupted.state["params"]),
-        jax.device_get(state["params"]),
+        jax.device_get(restored.state["params"]),
     )
 
 

@@ -184,9 +184,9 @@ def restore_params(exp: train.Experiment, workdir: str, step: int):
     checkpointer = exp.checkpointer(workdir)
     restored = checkpointer.restore(exp.layout.abstract_state)
     checkpointer.close()
-    if restored is None or restored[0] != step:
+    if restored is None or restored.step != step:
         raise FileNotFoundError(f"{workdir} has no checkpoint at step {step}; rerun to train it.")
-    return restored[1]["params"]
+    return restored.state["params"]
 
 
 def pll_batches(

@@ -1,9 +1,17 @@
 """Online input pipeline (grain): prepared shards → objective examples → packed rows → batches.
 
-    ArrayRecord shards ─► documents of this process (index::count), per source
+Training data is read as S independent data streams (`data.num_streams`, fixed for a run;
+default one per process). Each stream is one whole pipeline:
+
+    ArrayRecord shards ─► documents of stream s (s::S), per source
       ─► shuffle per epoch, repeat ─► mix sources by the manifest's weights (MapDataset.mix)
-      ─► int32 tokens ─► examples_fn (the objective's transform) ─► flatten
-      ─► first-fit packing into rows of seq_len ─► batch [batch_size_per_process, seq_len]
+      ─► int32 tokens ─► examples_fn (the objective's transform) ─► flatten ─► window shuffle
+      ─► first-fit packing into rows of seq_len ─► batch [global_batch / S, seq_len]
+
+Process p of P runs streams [p*S/P, (p+1)*S/P) and concatenates their batches row-wise into
+[batch_size_per_process, seq_len], behind one prefetch thread. A stream's batches do not depend
+on which process runs it, so a checkpoint resumes on any process count dividing S with the same
+rows at every later step (`jaxpretrain.data.streams`). With S == P this is one stream per process.
 
 Every batch is a dict of numpy arrays of shape [batch_size_per_process, seq_len]:
 
@@ -27,6 +35,7 @@ import grain
 import jax
 import numpy as np
 
+from jaxpretrain.data import streams
 from jaxpretrain.data.manifest import Manifest
 
 EXAMPLE_FEATURES = ("inputs", "targets", "loss_weights", "bidirectional")
@@ -55,6 +64,7 @@ def make_train_iterator(
     seed: int,
     process_index: int | None = None,
     process_count: int | None = None,
+    num_streams: int | None = None,
     split: str = "train",
     num_packing_bins: int | None = None,
     read_threads: int = 4,
@@ -69,29 +79,86 @@ def make_train_iterator(
       seq_len: row length of every batch.
       batch_size_per_process: rows per batch on this process.
       seed: shuffles documents (differently every epoch) and seeds `examples_fn`'s generator.
-      process_index, process_count: this process reads documents `process_index::process_count`
-        of the split (default: jax.process_index() / jax.process_count()).
+      process_index, process_count: this process's data-loading slot (default:
+        jax.process_index() / jax.process_count()).
+      num_streams: the run's data streams S (default: process_count), fixed for the run's
+        lifetime; a multiple of process_count dividing the global batch. This process runs
+        streams [process_index * S/P, (process_index + 1) * S/P); stream s reads documents
+        s::S of every source (see `jaxpretrain.data.streams`).
       split: which split of the manifest to read.
-      num_packing_bins: rows filled at once by first-fit packing (default: the batch size);
-        more bins waste less padding but delay and mix more documents.
-      read_threads: threads reading shards and running `examples_fn`.
+      num_packing_bins: rows each stream fills at once by first-fit packing (default: the
+        stream's rows per batch); more bins waste less padding but delay and mix more documents.
+      read_threads: threads reading shards and running `examples_fn`, shared among this
+        process's streams (at least one each).
       prefetch_batches: batches prepared ahead on a background thread (0 disables it).
-      shuffle_window: examples shuffled together after documents are cut into examples.
-        Without it, a long document's consecutive windows fill whole batches and the
+      shuffle_window: examples each stream shuffles together after documents are cut into
+        examples. Without it, a long document's consecutive windows fill whole batches and the
         gradient sees one file at a time; 1 disables it.
 
     Returns:
-      An iterator of dicts of numpy arrays [batch_size_per_process, seq_len] (BATCH_FEATURES).
-      `get_state()` is a small JSON-serialisable dict; `set_state(state)` on a fresh iterator
-      built with the same arguments resumes at exactly the next batch.
+      An iterator of dicts of numpy arrays [batch_size_per_process, seq_len] (BATCH_FEATURES),
+      each the concatenation of this process's streams' batches in stream order.
+      `get_state()` is a small JSON-serialisable dict {"num_streams", "streams"} of this
+      process's streams; `set_state(state)` on a fresh iterator built with the same data, seed,
+      global batch and num_streams, on any process count dividing num_streams, resumes at
+      exactly the next batch given a state holding its streams (`streams.merge_stream_states`).
     """
     process_index, process_count = _process_slot(process_index, process_count)
     _check_sizes(seq_len, batch_size_per_process)
+    num_streams = streams.resolve_num_streams(num_streams, process_count, batch_size_per_process)
+    streams_per_process = num_streams // process_count
+    rows_per_stream = batch_size_per_process // streams_per_process
     source = _open_split(manifest, split)
-    per_source = {
-        name: indices[process_index::process_count]
-        for name, indices in _source_document_indices(manifest, split).items()
+    document_indices = _source_document_indices(manifest, split)
+    first_stream = process_index * streams_per_process
+    stream_batches = {
+        stream: _stream_batches(
+            manifest,
+            source,
+            document_indices,
+            stream=stream,
+            num_streams=num_streams,
+            split=split,
+            examples_fn=examples_fn,
+            seq_len=seq_len,
+            rows_per_batch=rows_per_stream,
+            seed=seed,
+            num_packing_bins=num_packing_bins or rows_per_stream,
+            # 0 keeps reading synchronous; otherwise split the threads, one at least per stream.
+            read_threads=max(1, read_threads // streams_per_process) if read_threads else 0,
+            shuffle_window=shuffle_window,
+        )
+        for stream in range(first_stream, first_stream + streams_per_process)
     }
+    batches = streams.concatenate_streams(stream_batches, num_streams)
+    if prefetch_batches > 0:
+        # One prefetch thread for the process, not one per stream.
+        batches = grain.experimental.ThreadPrefetchIterDataset(
+            batches, prefetch_buffer_size=prefetch_batches
+        )
+    return iter(batches)
+
+
+def _stream_batches(
+    manifest: Manifest,
+    source: grain.sources.ArrayRecordDataSource,
+    document_indices: dict[str, grain.MapDataset],
+    *,
+    stream: int,
+    num_streams: int,
+    split: str,
+    examples_fn: ExamplesFn,
+    seq_len: int,
+    rows_per_batch: int,
+    seed: int,
+    num_packing_bins: int,
+    read_threads: int,
+    shuffle_window: int,
+) -> grain.IterDataset:
+    """Data stream `stream` of `num_streams`: documents stream::num_streams of every source,
+    shuffled, mixed, cut into examples, window-shuffled and packed into batches of
+    [rows_per_batch, seq_len]. It depends on nothing else, so any process may run it."""
+    per_source = {name: indices[stream::num_streams] for name, indices in document_indices.items()}
     weights = {
         name: weight
         for name, weight in manifest.source_weights(split).items()
@@ -100,26 +167,26 @@ def make_train_iterator(
     documents_per_epoch = sum(len(per_source[name]) for name in weights)
     if documents_per_epoch == 0:
         raise ValueError(
-            f"Process {process_index} of {process_count} gets no documents of split {split!r} "
+            f"Data stream {stream} of {num_streams} gets no documents of split {split!r} "
             f"({len(source)} in {manifest.manifest_path}); prepare more data or use fewer "
-            "processes."
+            "data streams (data.num_streams) or processes."
         )
     # Endless streams of (epoch, document); ShuffleMapDataset reshuffles every epoch with
     # seed + epoch. The epoch is the source's own: an upsampled source repeats its documents
     # more often, and each repeat must redraw the objective's masks.
-    streams = [
+    source_streams = [
         per_source[name]
         .shuffle(seed + rank)
         .repeat(None)
         .map_with_index(_WithEpoch(len(per_source[name])))
         for rank, name in enumerate(weights)
     ]
-    if len(streams) == 1:
-        document_stream = streams[0]
+    if len(source_streams) == 1:
+        document_stream = source_streams[0]
     else:
         # Deterministic interleaving in proportion to the weights; index-addressable, so the
         # iterator state stays one position and a restore needs no replay.
-        document_stream = grain.MapDataset.mix(streams, list(weights.values()))
+        document_stream = grain.MapDataset.mix(source_streams, list(weights.values()))
     examples = document_stream.map(
         _DocumentToExamples(source, examples_fn, seq_len, seed)
     ).to_iter_dataset(_read_options(read_threads))
@@ -128,16 +195,14 @@ def make_train_iterator(
         flat_examples = grain.experimental.WindowShuffleIterDataset(
             flat_examples, window_size=shuffle_window, seed=seed
         )
-    batches = pack_and_batch(
+    return pack_and_batch(
         flat_examples,
         pad_id=manifest.special_ids.pad,
         seq_len=seq_len,
-        rows_per_batch=batch_size_per_process,
-        num_packing_bins=num_packing_bins or batch_size_per_process,
+        rows_per_batch=rows_per_batch,
+        num_packing_bins=num_packing_bins,
         drop_remainder=True,
-        prefetch_batches=prefetch_batches,
     )
-    return iter(batches)
 
 
 def make_eval_batches(

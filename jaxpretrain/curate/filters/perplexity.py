@@ -161,8 +161,7 @@ def _load_scorer_cached(workdir: str, max_tokens: int, batch_size: int) -> Langu
             f"Perplexity filter found no readable checkpoint in {checkpoint_dir}; "
             "train the scorer until it saves one."
         )
-    step, state, _ = restored
-    params = state["params"]
+    params = restored.state["params"]
     graphdef = layout.graphdef
 
     def nll_sum_B(params, inputs_BL, targets_BL, weights_BL):
@@ -183,7 +182,7 @@ def _load_scorer_cached(workdir: str, max_tokens: int, batch_size: int) -> Langu
         tokenizer=tokenizer,
         max_tokens=max_tokens,
         batch_size=batch_size,
-        step=int(step),
+        step=int(restored.step),
         token_bytes_V=lengths_V,
         nll_fn=nll_fn,
     )
