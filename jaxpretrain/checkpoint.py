@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -46,17 +47,29 @@ class Restored:
 
 
 class Checkpointer:
-    """Saves every `every` steps (and when forced), keeps the newest `max_to_keep`."""
+    """Saves the train state, data position and run record; keeps the newest `max_to_keep`.
 
-    def __init__(self, directory: str, every: int, max_to_keep: int, use_async: bool = True):
-        self.directory = epath.Path(directory)
+    `read_only` (for evaluation and tools that read a workdir another process may be training
+    in): nothing is written, moved or cleaned up, and a corrupt step is only skipped.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        max_to_keep: int,
+        use_async: bool = True,
+        read_only: bool = False,
+    ):
+        # Orbax needs absolute local paths; URIs (gs://...) are used as given.
+        self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
+        self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=every,
             max_to_keep=max_to_keep,
             enable_async_checkpointing=use_async,
-            create=True,
+            create=not read_only,
+            read_only=read_only,
             # Half-written steps of a killed run (`<step>.orbax-checkpoint-tmp-*`) are removed.
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=not read_only,
         )
         try:
             self._manager = ocp.CheckpointManager(
@@ -64,50 +77,53 @@ class Checkpointer:
             )
         except OSError as error:
             raise CheckpointError(
-                f"cannot use the checkpoint directory {self.directory}: {error}; check that "
-                "the workdir is writable."
+                f"cannot use the checkpoint directory {self.directory} ({_first_line(error)}): "
+                "check that the workdir is writable."
             ) from error
+        self._unrecorded: list[int] = []  # steps this object saved, without files.json yet
         self._preemption_signal: int | None = None
         self._previous_handler: Any = None
+        self._watching_preemption = False
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def save(
-        self, step: int, state: Any, data_state: dict, run_info: dict, force: bool = False
-    ) -> bool:
-        """Starts a save when `step` is due (or `force`); returns once arrays are on the host.
+    def save(self, step: int, state: Any, data_state: dict, run_info: dict) -> None:
+        """Starts saving `step`; returns once its arrays are on the host.
 
         Arrays are copied off the device before this returns, so the caller may donate or
         overwrite `state` right away while the write continues in the background. Every process
         must call it (the data states are gathered). A failed write raises `CheckpointError`
-        naming the directory; the previous checkpoints are untouched (Orbax writes a temporary
-        directory and renames it when complete).
+        naming the step and directory; earlier checkpoints are untouched (Orbax writes a
+        temporary directory and renames it when complete).
         """
         data_states = _gather_json(data_state)
+        self.wait()  # the previous save's failure is reported under its own step
         try:
-            saved = self._manager.save(
+            self._manager.save(
                 step,
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state),
                     data=ocp.args.JsonSave(data_states),
                     run=ocp.args.JsonSave(run_info),
                 ),
-                force=force,
+                force=True,
             )
-            # Orbax finished every earlier save before starting this one.
-            self._record_finished_steps(exclude=step if saved else None)
-        except Exception as error:  # noqa: BLE001 - Orbax reraises background write errors
+        except Exception as error:  # noqa: BLE001 - any storage error, named with its path
             raise self._save_error(step, error) from error
-        return saved
+        self._unrecorded.append(step)
+        if not self._manager.is_saving_in_progress():  # a synchronous save
+            self._record_finished_steps()
 
     def wait(self) -> None:
         """Blocks until the save in progress is on storage (a preemption save must be)."""
+        if not self._unrecorded:
+            return
         try:
             self._manager.wait_until_finished()
-            self._record_finished_steps()
-        except Exception as error:  # noqa: BLE001
-            raise self._save_error(None, error) from error
+        except Exception as error:  # noqa: BLE001 - Orbax reraises background write errors
+            raise self._save_error(self._unrecorded[-1], error) from error
+        self._record_finished_steps()
 
     def restore(
         self,
@@ -120,14 +136,15 @@ class Checkpointer:
         Returns None when the directory holds no checkpoint. `check_run(run_info)` runs before
         any array is read and raises to refuse the checkpoint (e.g. another model's).
         `newest_step` restores the newest checkpoint at or before that step (a rollback).
+        Raises CheckpointError when checkpoints exist but every one is corrupt.
         """
+        set_aside = []
         for step in reversed(self.all_steps()):
             if newest_step is not None and step > newest_step:
                 continue
             step_dir = self.directory / str(step)
-            problem = self._corruption(step_dir)
-            if problem:
-                self._set_aside(step, problem)
+            if self._is_corrupt(step):
+                set_aside.append(step)
                 continue
             run_only = ocp.args.Composite(run=ocp.args.JsonRestore())
             try:
@@ -147,6 +164,11 @@ class Checkpointer:
             except Exception as error:  # noqa: BLE001
                 raise self._restore_error(step_dir, error) from error
             return Restored(step, restored["state"], list(restored["data"]), dict(run["run"]))
+        if set_aside:
+            raise CheckpointError(
+                f"every checkpoint in {self.directory} was corrupt (steps {set_aside}, now in "
+                f"{self._corrupt_directory()}): restore one from a backup, or use a new --workdir."
+            )
         return None
 
     def discard_after(self, step: int) -> None:
@@ -162,11 +184,17 @@ class Checkpointer:
         On several processes JAX's preemption service (started by `jax.distributed.initialize`)
         owns SIGTERM and agrees on one step for every process; a Python handler would replace it.
         """
+        self._watching_preemption = True
         if jax.process_count() == 1:
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_signal)
 
     def preempted(self, step: int) -> bool:
-        """True at the step boundary where every process should save and stop."""
+        """True at the step boundary where every process should save and stop.
+
+        With several processes every one must call it at every step (JAX's sync protocol).
+        """
+        if not self._watching_preemption:
+            return False
         if jax.process_count() > 1:
             return self._manager.reached_preemption(step)
         return self._preemption_signal is not None
@@ -179,26 +207,70 @@ class Checkpointer:
         if self._previous_handler is not None:
             signal.signal(signal.SIGTERM, self._previous_handler)
             self._previous_handler = None
-        self.wait()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
-    def _record_finished_steps(self, exclude: int | None = None) -> None:
-        """Writes `files.json` into each finalised step that lacks it (primary process only)."""
+    def _record_finished_steps(self) -> None:
+        """Writes `files.json` into the finalised steps this object saved (primary only).
+
+        Only steps this object wrote are recorded, right after Orbax finalised them: a step left
+        by an earlier run may have changed on storage since, and its sizes prove nothing.
+        """
+        finished, self._unrecorded = self._unrecorded, []
         if jax.process_index() != 0:
             return
-        for step in self._manager.all_steps():
+        existing = set(self._manager.all_steps())
+        for step in finished:
             step_dir = self.directory / str(step)
-            if step == exclude or (step_dir / _FILES_RECORD).exists():
+            if step not in existing:  # already deleted by max_to_keep
                 continue
             sizes = {
                 str((folder / name).relative_to(step_dir)): (folder / name).stat().length
                 for folder, _, names in step_dir.walk()
                 for name in sorted(names)
-                if name != _FILES_RECORD
+                if not name.startswith(_FILES_RECORD)
             }
             tmp = step_dir / (_FILES_RECORD + ".tmp")
             tmp.write_text(json.dumps(sizes, indent=1))
             tmp.rename(step_dir / _FILES_RECORD)
+
+    def _is_corrupt(self, step: int) -> bool:
+        """Whether `step` is provably corrupt; a writing checkpointer also sets it aside.
+
+        Process 0 decides and every process follows, so no host races a rename.
+        """
+        problem = self._corruption(self.directory / str(step)) if jax.process_index() == 0 else None
+        if jax.process_count() > 1:
+            flag = multihost_utils.broadcast_one_to_all(np.int32(problem is not None))
+            if not int(flag):
+                return False
+            problem = problem or "see process 0's log"
+        if problem is None:
+            return False
+        if self.read_only:
+            logging.warning(
+                "checkpoint %s is corrupt (%s); skipping it.", self.directory / str(step), problem
+            )
+            return True
+        target = self._corrupt_directory()
+        logging.warning(
+            "checkpoint %s is corrupt (%s); moving it to %s and using the one before it.",
+            self.directory / str(step),
+            problem,
+            target,
+        )
+        if jax.process_index() == 0:
+            target.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(target / f"{step}-{int(time.time())}")
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
+        self._manager.reload()
+        return True
+
+    def _corrupt_directory(self) -> epath.Path:
+        return self.directory.parent / f"{self.directory.name}_corrupt"
 
     def _corruption(self, step_dir: epath.Path) -> str | None:
         """Why the step's files prove it incomplete or corrupt, or None.
@@ -222,29 +294,13 @@ class Checkpointer:
                 return f"{name} has {path.stat().length} bytes, {size} were written"
         return None
 
-    def _set_aside(self, step: int, reason: str) -> None:
-        """Moves a corrupt step out of the way (kept for inspection, never deleted)."""
-        target = self.directory.parent / f"{self.directory.name}_corrupt"
-        logging.warning(
-            "checkpoint %s is corrupt (%s); moving it to %s and using the one before it.",
-            self.directory / str(step),
-            reason,
-            target,
-        )
-        if jax.process_index() == 0:
-            target.mkdir(parents=True, exist_ok=True)
-            (self.directory / str(step)).rename(target / f"{step}-{int(time.time())}")
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
-        self._manager.reload()
-
-    def _save_error(self, step: int | None, error: Exception) -> CheckpointError:
-        steps = [earlier for earlier in self.all_steps() if step is None or earlier < step]
-        intact = f"checkpoint {steps[-1]} is intact" if steps else "no earlier checkpoint exists"
-        which = f"checkpoint {step}" if step is not None else "a checkpoint"
+    def _save_error(self, step: int, error: Exception) -> CheckpointError:
+        earlier = [done for done in self.all_steps() if done < step]
+        intact = f"checkpoint {earlier[-1]} is intact" if earlier else "none was saved before"
         return CheckpointError(
-            f"saving {which} to {self.directory} failed ({_first_line(error)}); {intact}. Free "
-            "space or fix permissions there and rerun the same command to resume."
+            f"saving checkpoint {step} to {self.directory} failed ({_first_line(error)}); "
+            f"{intact}; free space or fix permissions there, then rerun the same command to "
+            "resume."
         )
 
     @staticmethod

@@ -94,7 +94,7 @@ def default_config() -> ml_collections.ConfigDict:
     # keeps the softmax normaliser near 1; 0 disables.
     c.train.z_loss = 0.0
     c.train.max_update_norm = 0.0  # clip the optimizer update's global norm; 0 disables
-    # Loss spikes and non-finite values, detected inside the jitted step (docs/operations.md).
+    # Loss spikes and non-finite values, detected inside the jitted step (docs/recovery.md).
     c.train.anomaly = ml_collections.ConfigDict()
     # What to do with an anomalous step: warn (apply it anyway), skip (drop the update inside
     # the step), rollback (drop it, then restore the last checkpoint and skip the next
@@ -277,13 +277,22 @@ _STATE_KEYS = (
 
 
 def state_differences(saved_config: dict, config: ml_collections.ConfigDict) -> list[str]:
-    """'model.key saved -> now' for each state-shaping key where a saved run's config differs."""
+    """'key saved -> now' for each state-shaping key where a saved run's config differs."""
     saved_model = saved_config.get("model", {})
-    return [
+    differences = [
         f"model.{key} {saved_model[key]!r} -> {config.model[key]!r}"
         for key in _STATE_KEYS
         if key in saved_model and saved_model[key] != config.model[key]
     ]
+    # Turning a clip on or off adds or removes a stage of the optimizer state.
+    saved_train = saved_config.get("train", {})
+    for key in ("grad_clip", "max_update_norm"):
+        if key in saved_train and (saved_train[key] > 0) != (config.train[key] > 0):
+            differences.append(
+                f"train.{key} {saved_train[key]!r} -> {config.train[key]!r} (on/off changes the "
+                "optimizer state)"
+            )
+    return differences
 
 
 def model_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, int], vocab_size: int):

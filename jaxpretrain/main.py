@@ -79,8 +79,6 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: {error}")
     from jaxpretrain import checkpoint, recovery
 
-    if jax.process_index() == 0:  # one writer: the workdir may be shared by every host
-        config_lib.write_config_json(config, workdir)
     try:
         result = train.run_training(experiment, workdir)
     except (config_lib.ConfigError, checkpoint.CheckpointError, recovery.AnomalyError) as error:

@@ -77,12 +77,15 @@ class AnomalyGuard:
 
 def _anomaly_record(step_metrics: dict[str, np.ndarray]) -> dict[str, Any]:
     flags = int(step_metrics["anomaly"])
+    # Nested, so readers of the per-step `loss` never mistake an event for a logged step.
     return {
         "kinds": [name for bit, name in _ANOMALY_KINDS.items() if flags & bit],
-        "loss": _finite_or_none(step_metrics["loss"]),
-        "grad_norm": _finite_or_none(step_metrics["grad_norm"]),
-        "loss_average": _finite_or_none(step_metrics["loss_ema"]),
         "update": "skipped" if int(step_metrics["update_skipped"]) else "applied",
+        "observed": {
+            "loss": _finite_or_none(step_metrics["loss"]),
+            "grad_norm": _finite_or_none(step_metrics["grad_norm"]),
+            "loss_average": _finite_or_none(step_metrics["loss_ema"]),
+        },
     }
 
 
@@ -121,7 +124,8 @@ def rollback(
     skip_batches: int,
     own_pipeline: bool,
 ) -> checkpoint.Restored | None:
-    """The newest checkpoint before `bad_step`, with `train_iter` moved past `skip_batches`.
+    """The newest checkpoint before `bad_step`; `train_iter` moved past the bad batch and the
+    `skip_batches` after it, so the batches that led to the anomaly are never trained again.
 
     Checkpoints after it are deleted (they hold the states being abandoned). Returns None,
     changing nothing, when no checkpoint precedes `bad_step`.
@@ -132,7 +136,7 @@ def rollback(
         return None
     checkpointer.discard_after(target.step)
     set_data_position(train_iter, target.data_states, own_pipeline)
-    for _ in range(skip_batches):
+    for _ in range(bad_step - target.step + skip_batches):
         next(train_iter)
     return target
 

@@ -79,12 +79,7 @@ class AnomalyPolicy:
     def from_config(cls, train_cfg: ml_collections.ConfigDict) -> AnomalyPolicy:
         """The policy of `config.train.anomaly`; actions skip and rollback both drop the update
         (rollback's restore happens in the train loop), warn applies it."""
-        settings = train_cfg.anomaly
-        if settings.action not in ("warn", "skip", "rollback"):
-            raise ValueError(
-                f"config key train.anomaly.action={settings.action!r} is unknown; use warn, "
-                "skip or rollback."
-            )
+        settings = train_cfg.anomaly  # checked by config.validate
         return cls(
             skip_update=settings.action in ("skip", "rollback"),
             loss_spike_factor=float(settings.loss_spike_factor),

@@ -85,12 +85,13 @@ class Experiment:
             shuffle_window=self.config.data.shuffle_window,
         )
 
-    def checkpointer(self, workdir: str) -> checkpoint.Checkpointer:
+    def checkpointer(self, workdir: str, read_only: bool = False) -> checkpoint.Checkpointer:
+        """The run's checkpoints; `read_only` for readers (eval, tools) beside a live run."""
         return checkpoint.Checkpointer(
             os.path.join(workdir, "checkpoints"),
-            every=self.config.checkpoint.every,
             max_to_keep=self.config.checkpoint.max_to_keep,
             use_async=self.config.checkpoint.use_async,
+            read_only=read_only,
         )
 
 
@@ -187,6 +188,9 @@ def run_training(
         checkpointer.close()
         raise
     start_step = restored.step if restored else 0
+    is_primary = jax.process_index() == 0
+    if is_primary:  # one writer: every host shares the workdir; after the model check passed
+        config_lib.write_config_json(config, workdir)
 
     def run_eval(params) -> dict[str, float]:
         return steps.evaluate(
@@ -199,7 +203,6 @@ def run_training(
             bits_per_byte=exp.objective.predicts_text,
         )
 
-    is_primary = jax.process_index() == 0
     # Records past the checkpoint (all of them without one) are about to be logged again.
     writer = monitor.create_writer(
         workdir, is_primary, keep_records=restored.run["metrics_records"] if restored else 0
@@ -213,7 +216,7 @@ def run_training(
 
     def save(step: int) -> None:
         run_info = {"config": config_json, "metrics_records": writer.records}
-        checkpointer.save(step, state, train_iter.get_state(), run_info, force=True)
+        checkpointer.save(step, state, train_iter.get_state(), run_info)
 
     progress = monitor.Progress(config.train.steps)
     anomaly_guard = recovery.AnomalyGuard(config.train.anomaly, writer)
@@ -256,8 +259,12 @@ def run_training(
                 interval_start, interval_steps = time.perf_counter(), 0
 
             is_last = step == config.train.steps
+            preempted = checkpointer.preempted(step)  # every step, on every process
+            save_due = step % config.checkpoint.every == 0 or is_last or preempted
             scalars: dict[str, float | None] = {}
-            if step % config.train.log_every == 0 or is_last:
+            # A save also closes the logging interval, so no metric or anomaly of the steps it
+            # covers is lost to a stop after it.
+            if step % config.train.log_every == 0 or save_due:
                 fetched = jax.device_get(pending)  # the only host sync of the interval
                 elapsed = time.perf_counter() - interval_start
                 first_step = step - len(fetched) + 1
@@ -300,19 +307,19 @@ def run_training(
                     if target is None:
                         writer.write_event(step, "rollback_unavailable", {"bad_step": bad_step})
                     else:
-                        details = {"to_step": target.step, "skipped_batches": skip_batches}
+                        skipped = bad_step - target.step + skip_batches
+                        details = {"to_step": target.step, "skipped_batches": skipped}
                         writer.write_event(step, "rollback", details)
                         step, state, clock_step = target.step, target.state, target.step
-                    continue
+                        continue
             if config.eval.every > 0 and (step % config.eval.every == 0 or is_last):
                 scalars.update(run_eval(state["params"]))
                 logging.info("step %d: %s", step, {k: v for k, v in scalars.items() if "eval" in k})
             if scalars:
                 write(step, scalars)
-            preempted = checkpointer.preempted(step)
             if preempted:
                 writer.write_event(step, "preempted", {})
-            if step % config.checkpoint.every == 0 or is_last or preempted:
+            if save_due:
                 save(step)
             if preempted:
                 logging.warning("saved checkpoint %d after a preemption signal; exiting", step)
@@ -329,6 +336,13 @@ def _num_streams(exp: Experiment, restored: checkpoint.Restored | None) -> int:
     if restored is None:
         return configured or exp.setup.data_slot[1]
     saved = streams.merge_stream_states(restored.data_states)["num_streams"]
+    slots = exp.setup.data_slot[1]
+    if saved % slots:
+        raise checkpoint.CheckpointError(
+            f"the run's data order is {saved} data streams, which {slots} data-loading "
+            f"processes cannot share; resume on a process count dividing {saved}, or use a new "
+            "--workdir (set data.num_streams at the start of a run that will change size)."
+        )
     if configured not in (0, saved):
         logging.warning(
             "data.num_streams=%d ignored: the run was started with %d streams, which decide its "
@@ -342,7 +356,7 @@ def _num_streams(exp: Experiment, restored: checkpoint.Restored | None) -> int:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Validation metrics of the latest checkpoint in `workdir`."""
     exp = build_experiment(config, workdir)
-    checkpointer = exp.checkpointer(workdir)
+    checkpointer = exp.checkpointer(workdir, read_only=True)
     try:
         restored = checkpointer.restore(
             exp.layout.abstract_state,

@@ -26,16 +26,14 @@ def abstract_state() -> dict:
 
 
 def save_steps(directory, steps, use_async=True) -> None:
-    checkpointer = checkpoint.Checkpointer(
-        str(directory), every=1, max_to_keep=10, use_async=use_async
-    )
+    checkpointer = checkpoint.Checkpointer(str(directory), max_to_keep=10, use_async=use_async)
     for step in steps:
         checkpointer.save(step, make_state(step), {"position": step}, {"records": step})
     checkpointer.close()
 
 
-def restore(directory, **kwargs):
-    checkpointer = checkpoint.Checkpointer(str(directory), every=1, max_to_keep=10)
+def restore(directory, read_only=False, **kwargs):
+    checkpointer = checkpoint.Checkpointer(str(directory), max_to_keep=10, read_only=read_only)
     try:
         return checkpointer.restore(abstract_state(), **kwargs)
     finally:
@@ -81,6 +79,37 @@ def test_a_truncated_newest_checkpoint_is_set_aside_with_a_warning(tmp_path, cap
     assert restore(directory).step == 2
 
 
+def test_a_reader_skips_a_corrupt_checkpoint_and_changes_nothing(tmp_path):
+    directory = tmp_path / "checkpoints"
+    save_steps(directory, [1, 2])
+    os.truncate(largest_file(directory / "2"), 10)
+    half_written = directory / "3.orbax-checkpoint-tmp-123"  # a live trainer's save
+    half_written.mkdir()
+    files_before = sorted(str(path) for path in tmp_path.rglob("*"))
+
+    assert restore(directory, read_only=True).step == 1
+
+    assert sorted(str(path) for path in tmp_path.rglob("*")) == files_before
+
+
+def test_when_every_checkpoint_is_corrupt_the_run_stops(tmp_path):
+    directory = tmp_path / "checkpoints"
+    save_steps(directory, [1])
+    os.truncate(largest_file(directory / "1"), 10)
+    with pytest.raises(checkpoint.CheckpointError, match=r"every checkpoint .* was corrupt"):
+        restore(directory)
+
+
+def test_only_steps_this_checkpointer_saved_get_a_size_record(tmp_path):
+    directory = tmp_path / "checkpoints"
+    save_steps(directory, [1])
+    os.remove(directory / "1" / "files.json")  # killed after Orbax finalised it
+    save_steps(directory, [2])
+    assert not (directory / "1" / "files.json").exists()
+    assert (directory / "2" / "files.json").exists()
+    assert restore(directory).step == 2
+
+
 def test_a_checkpoint_with_a_deleted_file_is_set_aside(tmp_path):
     directory = tmp_path / "checkpoints"
     save_steps(directory, [1, 2])
@@ -119,7 +148,7 @@ def test_check_run_refuses_before_any_array_is_read(tmp_path):
 def test_rollback_restores_the_newest_checkpoint_before_a_step_and_discards_later_ones(tmp_path):
     directory = tmp_path / "checkpoints"
     save_steps(directory, [2, 4, 6])
-    checkpointer = checkpoint.Checkpointer(str(directory), every=1, max_to_keep=10)
+    checkpointer = checkpoint.Checkpointer(str(directory), max_to_keep=10)
     restored = checkpointer.restore(abstract_state(), newest_step=5)
     checkpointer.discard_after(restored.step)
     checkpointer.close()
@@ -148,9 +177,7 @@ def small_filesystem(path, size: str):
 def test_a_full_disk_names_the_directory_and_keeps_the_previous_checkpoint(tmp_path, use_async):
     with small_filesystem(tmp_path / "disk", "1m") as disk:
         directory = disk / "checkpoints"
-        checkpointer = checkpoint.Checkpointer(
-            str(directory), every=1, max_to_keep=10, use_async=use_async
-        )
+        checkpointer = checkpoint.Checkpointer(str(directory), max_to_keep=10, use_async=use_async)
         checkpointer.save(1, make_state(1.0), {"position": 1}, {"records": 1})
         checkpointer.wait()
         noise = jax.random.normal(jax.random.key(0), (512, 1024))  # 2 MiB, incompressible

@@ -83,7 +83,8 @@ def test_main_prepares_trains_writes_outputs_and_resumes(tiny):
     assert "resumed from checkpoint at step 4" in second.stderr
     with open(workdir / "metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
-    assert [r["step"] for r in records] == [0, 2, 4, 6]
+    assert [r["step"] for r in records if "event" not in r] == [0, 2, 4, 6]
+    assert [(r["step"], r["event"]) for r in records if "event" in r] == [(4, "resume")]
 
     # --mode=eval re-evaluates the newest checkpoint: the same numbers the run logged at step 6.
     evaluation = run_main(*args, "--config.train.steps=6", "--mode=eval", cwd=tiny)

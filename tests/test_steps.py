@@ -265,8 +265,3 @@ def test_policy_from_config(action, skips):
     assert steps.AnomalyPolicy.from_config(config.train) == steps.AnomalyPolicy(
         skip_update=skips, loss_spike_factor=4.0, max_grad_norm=9.0, ema_decay=0.99, warmup_steps=7
     )
-
-
-def test_unknown_action_names_the_key():
-    with pytest.raises(ValueError, match="train.anomaly.action='ignore'"):
-        steps.AnomalyPolicy.from_config(tiny_config("ignore").train)

@@ -130,7 +130,7 @@ def train_objective(
     os.makedirs(workdir, exist_ok=True)
     check_same_run(config, workdir)
     exp = train.build_experiment(config, workdir, devices)
-    checkpointer = exp.checkpointer(workdir)
+    checkpointer = exp.checkpointer(workdir, read_only=True)
     finished = config.train.steps in checkpointer.all_steps()
     checkpointer.close()
     if finished:
@@ -139,7 +139,6 @@ def train_objective(
     logging.info(
         "training %s in %s for %d steps", config.objective.name, workdir, config.train.steps
     )
-    config_lib.write_config_json(config, workdir)
     train.run_training(exp, workdir)
 
 
@@ -181,7 +180,7 @@ def summarize_metrics(records: list[dict]) -> dict[str, float | None]:
 
 def restore_params(exp: train.Experiment, workdir: str, step: int):
     """The parameters of `workdir`'s checkpoint at `step`, laid out as `exp` lays them."""
-    checkpointer = exp.checkpointer(workdir)
+    checkpointer = exp.checkpointer(workdir, read_only=True)
     restored = checkpointer.restore(exp.layout.abstract_state)
     checkpointer.close()
     if restored is None or restored.step != step:

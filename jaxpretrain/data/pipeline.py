@@ -35,7 +35,7 @@ import grain
 import jax
 import numpy as np
 
-from jaxpretrain.data import streams
+from jaxpretrain.data import flatten, streams
 from jaxpretrain.data.manifest import Manifest
 
 EXAMPLE_FEATURES = ("inputs", "targets", "loss_weights", "bidirectional")
@@ -190,7 +190,7 @@ def _stream_batches(
     examples = document_stream.map(
         _DocumentToExamples(source, examples_fn, seq_len, seed)
     ).to_iter_dataset(_read_options(read_threads))
-    flat_examples = _FlattenIterDataset(examples, max_consecutive_empty=documents_per_epoch)
+    flat_examples = flatten.FlattenIterDataset(examples, max_consecutive_empty=documents_per_epoch)
     if shuffle_window > 1:
         flat_examples = grain.experimental.WindowShuffleIterDataset(
             flat_examples, window_size=shuffle_window, seed=seed
@@ -255,7 +255,7 @@ def make_eval_batches(
         .to_iter_dataset(_read_options(read_threads))
     )
     batches = pack_and_batch(
-        _FlattenIterDataset(examples, max_consecutive_empty=None),
+        flatten.FlattenIterDataset(examples, max_consecutive_empty=None),
         pad_id=manifest.special_ids.pad,
         seq_len=seq_len,
         rows_per_batch=global_batch_size,
@@ -383,69 +383,6 @@ def _checked_example(
             f"each must be 1-D with one common length between 1 and seq_len={seq_len}."
         )
     return checked
-
-
-class _FlattenIterDataset(grain.IterDataset):
-    """Turns a stream of lists (each document's examples) into a stream of their elements."""
-
-    def __init__(self, parent: grain.IterDataset, *, max_consecutive_empty: int | None):
-        super().__init__(parent)
-        self._max_consecutive_empty = max_consecutive_empty
-
-    def __iter__(self) -> grain.DatasetIterator:
-        return _FlattenIterator(self._parent.__iter__(), self._max_consecutive_empty)
-
-    def __str__(self) -> str:
-        return "FlattenIterDataset"
-
-
-class _FlattenIterator(grain.DatasetIterator):
-    """State = parent state before the current list + index inside it, so no buffer is saved.
-
-    `max_consecutive_empty`: an endless stream where a whole epoch of documents yields no
-    example would otherwise spin forever; it raises instead.
-    """
-
-    def __init__(self, parent: grain.DatasetIterator, max_consecutive_empty: int | None):
-        super().__init__(parent)
-        self._max_consecutive_empty = max_consecutive_empty
-        self._buffer: list[Any] = []
-        self._next_in_buffer = 0
-        self._parent_state_before_buffer = self._parent.get_state()
-
-    def __next__(self) -> Any:
-        consecutive_empty = 0
-        while self._next_in_buffer >= len(self._buffer):
-            self._parent_state_before_buffer = self._parent.get_state()
-            self._buffer = next(self._parent)  # StopIteration ends a finite stream.
-            self._next_in_buffer = 0
-            if self._buffer:
-                break
-            consecutive_empty += 1
-            if self._max_consecutive_empty and consecutive_empty >= self._max_consecutive_empty:
-                raise ValueError(
-                    f"examples_fn returned no example for {consecutive_empty} documents in a "
-                    "row (a whole epoch); check the objective's minimum document length against "
-                    "the data."
-                )
-        element = self._buffer[self._next_in_buffer]
-        self._next_in_buffer += 1
-        return element
-
-    def get_state(self) -> dict[str, Any]:
-        return {
-            "parent": self._parent_state_before_buffer,
-            "next_in_buffer": self._next_in_buffer,
-        }
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._parent.set_state(state["parent"])
-        self._parent_state_before_buffer = state["parent"]
-        self._buffer, self._next_in_buffer = [], 0
-        if state["next_in_buffer"] > 0:
-            # Re-read the list the saved position points into; examples_fn is deterministic.
-            self._buffer = next(self._parent)
-            self._next_in_buffer = state["next_in_buffer"]
 
 
 def pack_and_batch(

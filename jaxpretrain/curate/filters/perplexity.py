@@ -151,7 +151,9 @@ def _load_scorer_cached(workdir: str, max_tokens: int, batch_size: int) -> Langu
             f"Perplexity filter workdir {workdir} has no checkpoints directory {checkpoint_dir}; "
             "train the scorer until it saves a checkpoint."
         )
-    checkpointer = checkpoint.Checkpointer(checkpoint_dir, every=1, max_to_keep=1, use_async=False)
+    checkpointer = checkpoint.Checkpointer(
+        checkpoint_dir, max_to_keep=1, use_async=False, read_only=True
+    )
     try:
         restored = checkpointer.restore(layout.abstract_state)
     finally:
