@@ -19,6 +19,14 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "dry_run"], "What to run.")
+# One process per host on a GPU cluster without SLURM: every host runs the same command with its
+# own --process_id. Under SLURM, or with JAX_COORDINATOR_ADDRESS set (tpu/launch.sh sets it on
+# Cloud TPU VMs), JAX discovers the rest.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for a multi-host run."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes (hosts) in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -47,14 +55,33 @@ def is_multi_process_launch() -> bool:
     )
 
 
+def prepare_data_once(config, workdir: str) -> None:
+    """Prepares missing data on process 0 while the others wait, then on any process that
+    still lacks it (hosts whose workdir is a local disk, not shared storage)."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    from jaxpretrain.curate import prepare
+
+    if jax.process_index() == 0:
+        prepare.ensure_prepared_data(config, workdir)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("jaxpretrain_prepared_data")
+        prepare.ensure_prepared_data(config, workdir)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE.")
     import jax
 
-    if is_multi_process_launch():
-        # Must precede any other JAX call; it discovers the cluster from the environment.
-        jax.distributed.initialize()
+    # Must precede any other JAX call.
+    if _COORDINATOR.value is not None:
+        jax.distributed.initialize(
+            _COORDINATOR.value, num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value
+        )
+    elif is_multi_process_launch():
+        jax.distributed.initialize()  # discovers the cluster from the environment
 
     from jaxpretrain import config as config_lib
     from jaxpretrain import train
@@ -66,9 +93,7 @@ def main(argv: list[str]) -> None:
             print(train.dry_run(config))
             return
         os.makedirs(workdir, exist_ok=True)
-        from jaxpretrain.curate import prepare
-
-        prepare.ensure_prepared_data(config, workdir)
+        prepare_data_once(config, workdir)
         if _MODE.value == "eval":
             print(train.evaluate_checkpoint(config, workdir))
             return

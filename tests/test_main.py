@@ -4,6 +4,7 @@ import ast
 import json
 import os
 import random
+import socket
 import string
 import subprocess
 import sys
@@ -92,6 +93,70 @@ def test_main_prepares_trains_writes_outputs_and_resumes(tiny):
     printed = ast.literal_eval(evaluation.stdout.strip().splitlines()[-1])
     assert printed["step"] == 6
     assert printed["eval/loss"] == pytest.approx(records[-1]["eval/loss"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_with_eight_devices_exit_and_resume(tiny):
+    args = ["--config=tiny.py", "--config.data.source=corpus", "--config.data.num_streams=2"]
+    one = run_main(*args, "--workdir=one", cwd=tiny)  # 8 devices (tests/conftest.py)
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    def run_two_processes(*extra: str) -> list[subprocess.CompletedProcess]:
+        with socket.socket() as sock:
+            sock.bind(("localhost", 0))
+            port = sock.getsockname()[1]
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+        processes = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "jaxpretrain.main",
+                    *args,
+                    "--workdir=two",
+                    f"--coordinator_address=localhost:{port}",
+                    "--num_processes=2",
+                    f"--process_id={index}",
+                    *extra,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=tiny,
+                env=env,
+            )
+            for index in range(2)
+        ]
+        results = []
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=600)
+            results.append(
+                subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+            )
+        return results
+
+    first = run_two_processes()
+    for result in first:
+        assert result.returncode == 0, result.stderr[-3000:]
+    # Only process 0 prints the sample and writes metrics, but both compute it (a collective).
+    assert "sample: " in first[0].stdout and "sample: " not in first[1].stdout
+
+    def logged(workdir: str) -> dict[int, dict]:
+        with open(tiny / workdir / "metrics.jsonl") as f:
+            return {r["step"]: r for r in map(json.loads, f) if "event" not in r}
+
+    two, reference = logged("two"), logged("one")
+    assert sorted(two) == sorted(reference) == [0, 2, 4]
+    for step, record in two.items():
+        for key in ("loss", "eval/loss"):
+            if key in record:
+                assert record[key] == pytest.approx(reference[step][key], rel=2e-5)
+
+    second = run_two_processes("--config.train.steps=6")
+    for result in second:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "resumed from checkpoint at step 4" in result.stderr
+    assert sorted(logged("two")) == [0, 2, 4, 6]
 
 
 @pytest.mark.parametrize(
