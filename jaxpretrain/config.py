@@ -167,6 +167,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.sample.prompt = "def "
     c.sample.length = 64
     c.sample.temperature = 0.8
+
+    # --mode=dry_run: compile the train step for the mesh, allocating nothing (see dry_run.py).
+    c.dry_run = ml_collections.ConfigDict()
+    c.dry_run.num_devices = 0  # devices to compile for; 0: the mesh's (all with a -1 axis)
     return c
 
 

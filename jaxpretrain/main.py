@@ -4,8 +4,9 @@ Modes:
 - `train`: prepare data if missing, train, evaluate, print a sample. Rerunning the same command
   resumes, also after a kill or a preemption (SIGTERM saves a checkpoint and exits 0).
 - `eval`: evaluate the latest checkpoint.
-- `dry_run`: validate the config and build abstract shapes without allocating parameters (how
-  the 7B config is checked on a laptop).
+- `dry_run`: compile the real train step for the configured mesh on abstract arrays (nothing
+  allocated) and write WORKDIR/dry_run.json: parameters, FLOPs, per-device memory and which
+  accelerators it fits (how the 7B config is sized on a laptop; see jaxpretrain/dry_run.py).
 """
 
 from __future__ import annotations
@@ -88,10 +89,14 @@ def main(argv: list[str]) -> None:
 
     config, workdir = _CONFIG.value, _WORKDIR.value
     try:
-        config_lib.validate(config, jax.device_count())
         if _MODE.value == "dry_run":
-            print(train.dry_run(config))
+            from jaxpretrain import dry_run
+
+            report = dry_run.dry_run(config, workdir)  # validates for the devices it compiles for
+            print(report.table())
+            print(f"wrote {os.path.join(workdir, 'dry_run.json')}")
             return
+        config_lib.validate(config, jax.device_count())
         os.makedirs(workdir, exist_ok=True)
         prepare_data_once(config, workdir)
         if _MODE.value == "eval":

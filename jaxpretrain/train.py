@@ -1,4 +1,4 @@
-"""The training loop and the run-level entry points (train, evaluate a checkpoint, dry run).
+"""The training loop and the run-level entry points (train, evaluate a checkpoint).
 
 The train state and its shardings come from `state.py`, the jitted steps from `steps.py`.
 """
@@ -405,28 +405,4 @@ def sample_text(result: TrainResult, sample_cfg: ml_collections.ConfigDict) -> s
         seq_len=exp.config.train.seq_len,
         temperature=sample_cfg.temperature,
         rng=result.state["rng"],
-    )
-
-
-def dry_run(config: ml_collections.ConfigDict) -> str:
-    """Validates `config` and lays out its state on this host's devices, allocating nothing.
-
-    Returns a short report: parameter count, FLOPs per token, and the bytes of parameters +
-    optimizer state per device under the configured mesh.
-    """
-    setup = state_lib.setup(config)
-    layout, model_cfg = setup.layout, setup.model_config
-
-    def bytes_per_device(leaf: jax.ShapeDtypeStruct) -> int:
-        shard_shape = leaf.sharding.shard_shape(leaf.shape)
-        return int(np.prod(shard_shape)) * leaf.dtype.itemsize
-
-    state_bytes = sum(jax.tree.leaves(jax.tree.map(bytes_per_device, layout.abstract_state)))
-    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layout.abstract_state["params"]))
-    flops_per_token = flops.train_flops_per_token(model_cfg, config.train.seq_len)
-    mesh_shape = dict(setup.mesh.shape)
-    return (
-        f"config ok: mesh {mesh_shape}, {params / 1e6:,.1f}M parameters, "
-        f"{flops_per_token / 1e9:,.2f} GFLOP per trained token, "
-        f"{state_bytes / 2**30:,.2f} GiB of parameters + optimizer state per device"
     )

@@ -1,0 +1,298 @@
+"""Ahead-of-time dry run: compile the real train step for a config's mesh and size its memory.
+
+`dry_run(config, workdir)` builds the state layout with `state.setup` (the one setup path), makes
+the train step exactly as `train.run_training` does, and lowers and compiles it on
+`jax.ShapeDtypeStruct`s that carry the layout's shardings, so nothing is allocated. XLA's
+analysis of the compiled per-device program gives the memory; a hand count (parameters,
+gradients, Adam moments, batch and activations under the remat policy) stands beside it, and
+each named accelerator is judged fits / does not fit. The report goes to WORKDIR/dry_run.json
+and, as a short table, to stdout.
+
+Without a TPU runtime the program is compiled for fake CPU devices
+(`XLA_FLAGS=--xla_force_host_platform_device_count=N`). The CPU compiler fuses and lays out
+buffers differently from the TPU and GPU compilers, so its bytes approximate an accelerator's;
+`docs/parallelism.md` compares them with the hand count for a few configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxpretrain import config as config_lib
+from jaxpretrain import flops, objectives, steps
+from jaxpretrain import mesh as mesh_lib
+from jaxpretrain import state as state_lib
+from jaxpretrain.data import pipeline
+
+GIB = 2**30
+
+# Memory per device (HBM) in bytes, from the vendors' spec pages: Cloud TPU "System
+# architecture" pages (v4 32 GiB, v5e 16 GiB, v5p 95 GiB, v6e Trillium 32 GiB per chip); NVIDIA
+# A100 datasheet (40 / 80 GB), H100 SXM datasheet (80 GB), H200 datasheet (141 GB). GiB and GB are
+# taken at face value as GiB; the runtime keeps some of it (XLA's own reserve, NCCL buffers), so a
+# total within ~5% of a capacity is marginal.
+DEVICE_MEMORY_BYTES = {
+    "TPU v4": 32 * GIB,
+    "TPU v5e": 16 * GIB,
+    "TPU v5p": 95 * GIB,
+    "TPU v6e": 32 * GIB,
+    "A100-40GB": 40 * GIB,
+    "A100-80GB": 80 * GIB,
+    "H100": 80 * GIB,
+    "H200": 141 * GIB,
+}
+
+CPU_CAVEAT = (
+    "memory compiled for CPU devices approximates an accelerator's: the TPU/GPU compilers fuse "
+    "and lay out buffers differently"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DryRunReport:
+    """What one compile of the train step says about a config on its mesh.
+
+    Bytes are per device. `compiled` holds XLA's memory analysis of the per-device program:
+    `arguments` (state + batch shards), `outputs` (new state + metrics), `aliased` (outputs
+    written into donated arguments: the state), `temporaries` (activations, gradients and every
+    other buffer live inside the step) and `generated_code`; its `total` is what is live at the
+    step's peak as far as the analysis tells, `arguments + outputs - aliased + temporaries +
+    generated_code` (a donated state counts once; XLA reports temporaries as one buffer
+    allocation, already the peak of its reuse). `hand_count` is the same total counted by hand
+    from the shapes (see `hand_count`). `fits` maps each of `DEVICE_MEMORY_BYTES` to whether
+    `compiled["total"]` fits in it; `largest_term` names the hand count's largest part.
+    """
+
+    mesh: dict[str, int]
+    platform: str
+    num_devices: int
+    parameters: int
+    tokens_per_step: int
+    flops_per_step: float  # forward + backward, all devices: tokens x flops.train_flops_per_token
+    # XLA's cost analysis of the per-device program. It counts a while loop's body once (the
+    # scanned layers, the micro-steps), so it is far below flops_per_step / devices: kept for
+    # reference, not used.
+    compiled_flops_per_device: float | None
+    compiled: dict[str, int]
+    hand_count: dict[str, int]
+    fits: dict[str, bool]
+    largest_term: str
+    compile_seconds: float
+    caveat: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "device_memory_bytes": DEVICE_MEMORY_BYTES}
+
+    def table(self) -> str:
+        """A short human-readable summary: sizes, memory, and the per-device verdicts."""
+        c, h = self.compiled, self.hand_count
+        lines = [
+            f"mesh {self.mesh} on {self.num_devices} {self.platform} devices, compiled in "
+            f"{self.compile_seconds:.0f} s",
+            f"parameters       {self.parameters / 1e6:14,.1f} M",
+            f"FLOPs per step   {self.flops_per_step:14.3e}  (6N + attention, all devices)",
+            "per device                compiled      hand count",
+        ]
+        rows = [
+            ("arguments", c["arguments"], h["state"] + h["batch"]),
+            ("outputs", c["outputs"], None),
+            ("aliased", c["aliased"], None),
+            ("temporaries", c["temporaries"], h["total"] - h["state"] - h["batch"]),
+            ("total", c["total"], h["total"]),
+        ]
+        for name, compiled, hand in rows:
+            hand_text = "" if hand is None else f"{hand / GIB:12,.2f} GiB"
+            lines.append(f"  {name:<14}{compiled / GIB:12,.2f} GiB  {hand_text}")
+        verdicts = [f"{name} {'fits' if ok else 'NO'}" for name, ok in self.fits.items()]
+        lines.append("fits: " + ", ".join(verdicts))
+        if not all(self.fits.values()):
+            lines.append(f"largest term: {self.largest_term}")
+        if self.platform == "cpu":
+            lines.append(
+                f"note: {self.caveat}. Another device count: start Python with "
+                "XLA_FLAGS=--xla_force_host_platform_device_count=N."
+            )
+        return "\n".join(lines)
+
+
+def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
+    """Compiles `config`'s train step for its mesh, writes WORKDIR/dry_run.json, returns the report.
+
+    Uses `config.dry_run.num_devices` devices (0: all of this process's). On CPU those are fake
+    devices that must exist before JAX starts.
+
+    Raises:
+      ConfigError: a config value that cannot work, or fewer devices than the mesh needs.
+    """
+    setup = state_lib.setup(config, devices=_devices(config))
+    train_step = steps.make_train_step(
+        setup.layout,
+        objectives.get(config.objective.name),
+        setup.tx,
+        setup.schedule,
+        setup.batch_sharding,
+        grad_accum_steps=config.train.grad_accum_steps,
+        anomaly=steps.AnomalyPolicy.from_config(config.train),
+        z_loss=config.train.z_loss,
+    )
+    batch = {
+        key: jax.ShapeDtypeStruct(
+            (config.train.batch_size, config.train.seq_len),
+            jnp.float32 if key == "loss_weights" else jnp.int32,
+            sharding=setup.batch_sharding,
+        )
+        for key in pipeline.BATCH_FEATURES
+    }
+    start = time.perf_counter()
+    # make_train_step wraps its jit in the axis rules (functools.wraps keeps the jit as
+    # __wrapped__); trace inside the same rules so the activation constraints apply.
+    with mesh_lib.axis_rules(setup.mesh, setup.layout.rules):
+        compiled = train_step.__wrapped__.lower(setup.layout.abstract_state, batch).compile()
+    compile_seconds = time.perf_counter() - start
+
+    analysis = compiled.memory_analysis()
+    memory = {
+        "arguments": int(analysis.argument_size_in_bytes),
+        "outputs": int(analysis.output_size_in_bytes),
+        "aliased": int(analysis.alias_size_in_bytes),
+        "temporaries": int(analysis.temp_size_in_bytes),
+        "generated_code": int(analysis.generated_code_size_in_bytes),
+    }
+    memory["total"] = (
+        memory["arguments"]
+        + memory["outputs"]
+        - memory["aliased"]
+        + memory["temporaries"]
+        + memory["generated_code"]
+    )
+    hand = hand_count(config, setup, batch)
+    parts = {key: value for key, value in hand.items() if key not in ("state", "total")}
+    del parts[min(("attention_scores", "logits"), key=parts.get)]  # not in the total
+    largest = max(parts, key=parts.get)
+    model_cfg = setup.model_config
+    tokens = config.train.batch_size * config.train.seq_len
+    report = DryRunReport(
+        mesh=dict(setup.mesh.shape),
+        platform=setup.mesh.devices.flat[0].platform,
+        num_devices=setup.mesh.size,
+        parameters=_count(setup.layout.abstract_state["params"]),
+        tokens_per_step=tokens,
+        flops_per_step=tokens * flops.train_flops_per_token(model_cfg, config.train.seq_len),
+        compiled_flops_per_device=_compiled_flops(compiled),
+        compiled=memory,
+        hand_count=hand,
+        fits={name: memory["total"] <= size for name, size in DEVICE_MEMORY_BYTES.items()},
+        largest_term=f"{largest} ({parts[largest] / GIB:,.2f} GiB of {hand['total'] / GIB:,.2f})",
+        compile_seconds=compile_seconds,
+        caveat=CPU_CAVEAT if setup.mesh.devices.flat[0].platform == "cpu" else "",
+    )
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "dry_run.json"), "w") as f:
+        json.dump(report.to_json(), f, indent=2)
+        f.write("\n")
+    return report
+
+
+def _devices(config: ml_collections.ConfigDict) -> list[jax.Device]:
+    """The devices to compile for (`dry_run.num_devices`, else the mesh's own count, else all);
+    a config needing more than exist fails in one sentence."""
+    fixed = math.prod(int(config.mesh[axis]) for axis in ("data", "fsdp", "tensor", "pipe"))
+    # A mesh without a -1 axis names its device count; one with a -1 axis (a negative product)
+    # takes every device, at least |product|.
+    wanted = config.dry_run.num_devices or (fixed if fixed > 0 else jax.device_count())
+    needed = max(wanted, abs(fixed))
+    if needed > jax.device_count():
+        raise config_lib.ConfigError(
+            f"the dry run needs {needed} devices (config keys dry_run.num_devices / mesh.*) but "
+            f"JAX has {jax.device_count()}; on CPU start Python with "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={needed}."
+        )
+    return jax.devices()[:wanted]
+
+
+def _count(tree: Any) -> int:
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+def shard_bytes(tree: Any) -> int:
+    """Bytes one device holds of a tree of ShapeDtypeStructs carrying shardings (largest shard)."""
+    return sum(
+        math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+        for leaf in jax.tree.leaves(tree)
+    )
+
+
+def _compiled_flops(compiled: Any) -> float | None:
+    try:
+        costs = compiled.cost_analysis()
+    except Exception:  # not every backend implements it  # noqa: BLE001
+        return None
+    if isinstance(costs, list):  # older jax: one dict per program
+        costs = costs[0] if costs else {}
+    value = (costs or {}).get("flops")
+    return float(value) if value is not None else None
+
+
+def hand_count(
+    config: ml_collections.ConfigDict, setup: state_lib.Setup, batch: dict[str, Any]
+) -> dict[str, int]:
+    """Per-device bytes of one train step counted from the shapes, by part.
+
+    `params`, `optimizer` (Adam moments and counters) and `batch` are the shards of the abstract
+    state and batch; `state` is the whole state (params + optimizer + scalars). `gradients` is
+    one parameter-sized buffer (two with gradient accumulation: the float32 sum and a
+    micro-step's). Activations are per micro-step, for `b` rows per device (batch /
+    grad_accum_steps / (data x fsdp)), `seq` = seq_len, layers held `L / pipe`, and heads, kv
+    heads, MLP width and vocabulary divided by `tensor`:
+    - `saved_activations`: what the backward pass keeps per layer under the remat policy
+      (full: the layer input; dots_no_batch: + the projections q, k, v, attention output, gate,
+      up; dots: + the attention scores; none: + the float32 attention probabilities, norms and
+      MLP hidden), times the layers held;
+    - `attention_scores`: the layer being differentiated holds float32 [b, heads, seq, seq]
+      scores, probabilities and both their gradients (4 copies: XLA's attention is not fused)
+      and the [b, seq, seq] mask;
+    - `logits`: float32 [b, seq, vocab] logits, their softmax and their gradient (3 copies).
+    The logits are freed before the layers' backward pass starts, so `total` counts the larger
+    of `attention_scores` and `logits`, not both. Pipeline buffers are not counted.
+    """
+    model_cfg, mesh = setup.model_config, dict(setup.mesh.shape)
+    state = setup.layout.abstract_state
+    params = shard_bytes(state["params"])
+    optimizer = shard_bytes(state["opt_state"])
+    whole_state = shard_bytes(state)
+
+    b = config.train.batch_size // config.train.grad_accum_steps // (mesh["data"] * mesh["fsdp"])
+    seq, t = config.train.seq_len, mesh["tensor"]
+    c = jnp.dtype(model_cfg.compute_dtype).itemsize
+    d, f = model_cfg.embed_dim, model_cfg.mlp_dim // t
+    q, kv = model_cfg.num_heads // t, model_cfg.num_kv_heads // t
+    hd, vocab = model_cfg.head_dim, model_cfg.vocab_size // t
+    layers = model_cfg.num_layers // mesh["pipe"]
+
+    per_token = {"full": d * c}  # saved per layer per token, bytes
+    per_token["dots_no_batch"] = per_token["full"] + ((q + 2 * kv) * hd + d + 2 * f) * c
+    per_token["dots"] = per_token["dots_no_batch"] + q * seq * 4 + q * hd * c
+    per_token["none"] = per_token["dots"] + q * seq * 4 + (2 * d) * 4 + f * c
+    scores = b * (4 * q * seq * seq * 4 + seq * seq)
+    grads = params * (2 if config.train.grad_accum_steps > 1 else 1)
+    parts = {
+        "params": params,
+        "optimizer": optimizer,
+        "gradients": grads,
+        "batch": shard_bytes(batch),
+        "saved_activations": layers * b * seq * per_token[model_cfg.remat_policy],
+        "attention_scores": scores,
+        "logits": 3 * b * seq * vocab * 4,
+    }
+    scalars = whole_state - params - optimizer  # step, rng, anomaly state
+    transient = min(parts["attention_scores"], parts["logits"])  # not live at the same time
+    return {**parts, "state": whole_state, "total": sum(parts.values()) - transient + scalars}

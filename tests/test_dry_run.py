@@ -1,0 +1,208 @@
+"""The ahead-of-time dry run: the real train step compiled on abstract arrays, its memory and
+its verdicts, on the 8 fake CPU devices of conftest."""
+
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from jaxpretrain import config as config_lib
+from jaxpretrain import dry_run
+
+CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
+GIB = 2**30
+# Measured (docs/parallelism.md): on data / fsdp meshes the CPU-compiled total is 1.08-1.25x
+# the hand count (the CPU compiler keeps float32 copies of some bfloat16 buffers and more than
+# one attention or loss temporary); allow 0.9-1.35x.
+HAND_COUNT_MARGIN = (0.9, 1.35)
+
+
+def load_config(name: str):
+    return config_lib.load_config_file(CONFIGS / f"{name}.py")
+
+
+def tiny_config(**train_overrides):
+    config = config_lib.default_config()
+    config.model.update(
+        num_layers=2,
+        embed_dim=64,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        mlp_dim=128,
+        max_seq_len=4096,
+        dtype="float32",
+    )
+    config.data.vocab_size = 512
+    config.train.update(batch_size=16, seq_len=64)
+    config.train.update(train_overrides)
+    return config
+
+
+def by_hand_bytes(leaf, mesh_shape: dict[str, int]) -> int:
+    """One device's bytes of an abstract array, from its PartitionSpec and the mesh sizes."""
+    elements = math.prod(leaf.shape)
+    for axes in leaf.sharding.spec:
+        for axis in (axes,) if isinstance(axes, str) else axes or ():
+            elements //= mesh_shape[axis]
+    return elements * leaf.dtype.itemsize
+
+
+def test_argument_bytes_are_the_sharded_state_and_batch(tmp_path):
+    import jax
+
+    from jaxpretrain import state as state_lib
+
+    config = tiny_config()
+    config.mesh.update(data=2, fsdp=2, tensor=2)
+    report = dry_run.dry_run(config, str(tmp_path))
+
+    setup = state_lib.setup(config)
+    mesh_shape = dict(setup.mesh.shape)
+    state = sum(by_hand_bytes(x, mesh_shape) for x in jax.tree.leaves(setup.layout.abstract_state))
+    # Six [batch, seq_len] int32/float32 features, rows split over data x fsdp.
+    batch = 6 * (16 // 4) * 64 * 4
+    assert report.compiled["arguments"] == state + batch
+    # The new state is written into the donated one.
+    assert report.compiled["aliased"] == state
+    assert report.compiled["total"] == (
+        report.compiled["arguments"]
+        + report.compiled["outputs"]
+        - report.compiled["aliased"]
+        + report.compiled["temporaries"]
+        + report.compiled["generated_code"]
+    )
+    assert report.mesh == {"data": 2, "pipe": 1, "fsdp": 2, "tensor": 2}
+    attention = 64 * 4 * 16 + 2 * 64 * 2 * 16 + 4 * 16 * 64  # query, key + value, out
+    per_layer = attention + 3 * 64 * 128 + 2 * 64  # + SwiGLU MLP + two norm scales
+    assert report.parameters == 512 * 64 + 2 * per_layer + 64  # tied embedding, final norm
+    written = json.loads((tmp_path / "dry_run.json").read_text())
+    assert written["compiled"] == report.compiled
+    assert written["fits"] == {name: True for name in dry_run.DEVICE_MEMORY_BYTES}
+    assert written["platform"] == "cpu" and "approximates" in written["caveat"]
+
+
+def test_total_grows_with_batch_and_sequence_length(tmp_path):
+    totals = {
+        (batch, seq): dry_run.dry_run(tiny_config(batch_size=batch, seq_len=seq), str(tmp_path))
+        for batch, seq in [(16, 64), (32, 64), (16, 128)]
+    }
+    base = totals[16, 64].compiled["total"]
+    assert totals[32, 64].compiled["total"] > base
+    assert totals[16, 128].compiled["total"] > base
+    # Twice the tokens: the activations roughly double, the state does not change.
+    state = totals[16, 64].compiled["arguments"]
+    assert totals[32, 64].compiled["total"] - state > 1.5 * (base - state)
+    for report in totals.values():
+        ratio = report.compiled["total"] / report.hand_count["total"]
+        assert HAND_COUNT_MARGIN[0] < ratio < HAND_COUNT_MARGIN[1], ratio
+
+
+def test_a_config_too_big_for_a_small_device_is_reported_with_its_largest_term(tmp_path):
+    # 32 rows x 4 heads x 4096^2 float32 attention scores per device: 8 GiB a copy, and with
+    # full remat the one layer being differentiated is what holds them.
+    config = tiny_config(batch_size=256, seq_len=4096)
+    config.model.remat_policy = "full"
+    report = dry_run.dry_run(config, str(tmp_path))
+    # ~33 GiB: more than a 16 or 32 GiB TPU holds, less than an 80 GiB GPU.
+    assert not report.fits["TPU v5e"] and not report.fits["TPU v4"]
+    assert report.fits["A100-80GB"] and report.fits["H200"]
+    ratio = report.compiled["total"] / report.hand_count["total"]
+    assert HAND_COUNT_MARGIN[0] < ratio < HAND_COUNT_MARGIN[1], ratio
+    assert report.largest_term.startswith("attention_scores")
+    table = report.table()
+    assert "TPU v5e NO" in table and "largest term: attention_scores" in table
+    written = json.loads((tmp_path / "dry_run.json").read_text())
+    assert written["fits"]["TPU v5e"] is False
+    assert written["largest_term"] == report.largest_term
+
+
+def test_more_devices_than_exist_is_one_sentence_saying_how():
+    config = tiny_config()
+    config.dry_run.num_devices = 16
+    with pytest.raises(config_lib.ConfigError, match="xla_force_host_platform_device_count=16"):
+        dry_run.dry_run(config, "/nonexistent")
+    config = tiny_config()
+    config.mesh.update(data=4, fsdp=4)
+    with pytest.raises(config_lib.ConfigError, match="device_count=16"):
+        dry_run.dry_run(config, "/nonexistent")
+
+
+def test_a_mesh_without_a_fill_axis_compiles_for_its_own_device_count(tmp_path):
+    config = tiny_config()
+    config.mesh.update(data=2, fsdp=2)  # 4 of the 8 devices
+    report = dry_run.dry_run(config, str(tmp_path))
+    assert report.num_devices == 4 and report.mesh["fsdp"] == 2
+
+
+@pytest.mark.slow
+def test_main_dry_run_prints_the_table_and_writes_json(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxpretrain.main",
+            f"--config={CONFIGS / 'tiny_clm.py'}",
+            f"--workdir={tmp_path / 'run'}",
+            "--mode=dry_run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "fits: TPU v4 fits" in result.stdout and "approximates" in result.stdout
+    assert json.loads((tmp_path / "run" / "dry_run.json").read_text())["num_devices"] == 8
+
+
+@pytest.mark.slow
+def test_clm_7b_on_eight_devices_tells_the_truth(tmp_path):
+    """The found defect: 'config ok' while a step needs 100+ GiB per device."""
+    report = dry_run.dry_run(load_config("clm_7b"), str(tmp_path))
+    assert report.compile_seconds < 300
+    assert report.mesh["fsdp"] == 8
+    # 1024 x 4096 tokens, 4 micro-steps: 32 rows of 4096 per device, float32 [32, 32, 4096,
+    # 4096] attention scores (64 GiB a copy) in the layer being differentiated.
+    assert report.compiled["total"] > 141 * GIB
+    assert not any(report.fits.values())
+    assert report.largest_term.startswith("attention_scores")
+    ratio = report.compiled["total"] / report.hand_count["total"]
+    assert HAND_COUNT_MARGIN[0] < ratio < HAND_COUNT_MARGIN[1], ratio
+    # 128 micro-steps of 8 rows (one row of 4096 per device) fit an 80 GiB device.
+    config = load_config("clm_7b")
+    config.train.grad_accum_steps = 128
+    small = dry_run.dry_run(config, str(tmp_path))
+    assert small.fits["H100"] and not small.fits["TPU v5e"]
+    ratio = small.compiled["total"] / small.hand_count["total"]
+    assert HAND_COUNT_MARGIN[0] < ratio < HAND_COUNT_MARGIN[1], ratio
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_name", ["clm_7b", "span_corruption_7b", "ul2_7b"])
+def test_7b_configs_compile_on_eight_devices(tmp_path, config_name):
+    config = load_config(config_name)
+    assert config.objective.name == config_name.removesuffix("_7b").replace("clm", "causal_lm")
+    report = dry_run.dry_run(config, str(tmp_path))
+    assert report.mesh["fsdp"] == 8
+    assert f"{report.parameters / 1e6:,.1f}" == "6,738.4"  # Llama-2-7B's published count (6.74B)
+    # 6.74B params x (4 B param + 8 B Adam moments) / 8 devices = 9.41 GiB per device.
+    assert f"{report.hand_count['state'] / GIB:.2f}" == "9.41"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", list(config_lib.MESH_PRESETS))
+def test_70b_config_compiles_under_every_mesh_preset(tmp_path, preset):
+    config = load_config("clm_70b")
+    config.mesh.update(config_lib.MESH_PRESETS[preset])
+    report = dry_run.dry_run(config, str(tmp_path))
+    assert f"{report.parameters / 1e6:,.1f}" == "68,976.6"  # Llama-2-70B's published count
+    # 69.0B x 12 bytes / 8 devices = 96.4 GiB when every parameter is split 8 ways. On 8
+    # devices the pipeline preset is data=2 x pipe=4 x fsdp=1: layers split 4 ways (192.7 GiB)
+    # and the embedding and output layer (5.9 GiB) not at all.
+    expected = {"fsdp": "96.36", "fsdp_tp": "96.37", "dp_fsdp_pp": "197.11"}
+    assert f"{report.hand_count['state'] / GIB:.2f}" == expected[preset]
+    assert report.compiled["arguments"] > report.hand_count["state"]  # + the batch
+    assert not any(report.fits.values())
