@@ -171,6 +171,10 @@ def default_config() -> ml_collections.ConfigDict:
     # --mode=dry_run: compile the train step for the mesh, allocating nothing (see dry_run.py).
     c.dry_run = ml_collections.ConfigDict()
     c.dry_run.num_devices = 0  # devices to compile for; 0: the mesh's (all with a -1 axis)
+    # A TPU slice to compile for instead of CPU devices, all its chips (num_devices is not used),
+    # e.g. "v5p-128", "v5e-256", "v6e-8" (or libtpu's "v5p:4x4x4"); needs the `tpu` extra
+    # (libtpu). "": fake CPU devices.
+    c.dry_run.topology = ""
     return c
 
 

@@ -8,10 +8,14 @@ gradients, Adam moments, batch and activations under the remat policy) stands be
 each named accelerator is judged fits / does not fit. The report goes to WORKDIR/dry_run.json
 and, as a short table, to stdout.
 
-Without a TPU runtime the program is compiled for fake CPU devices
+By default the program is compiled for fake CPU devices
 (`XLA_FLAGS=--xla_force_host_platform_device_count=N`). The CPU compiler fuses and lays out
 buffers differently from the TPU and GPU compilers, so its bytes approximate an accelerator's;
-`docs/parallelism.md` compares them with the hand count for a few configs.
+`docs/parallelism.md` compares them with the hand count for a few configs. With
+`config.dry_run.topology` set (e.g. `v5p-128`, `v5e-256`, `v6e-8`) and libtpu installed (the
+`tpu` extra) it is compiled by the TPU compiler for that slice's chips instead, on this machine,
+no TPU needed (compile-only devices from `jax.experimental.topologies`, as MaxText's
+`train_compile` does).
 """
 
 from __future__ import annotations
@@ -51,6 +55,16 @@ DEVICE_MEMORY_BYTES = {
     "H200": 141 * GIB,
 }
 
+# Cloud TPU slice names (`v5p-128`): v4 and v5p count TensorCores (2 a chip, one JAX device:
+# megacore), v5e and v6e count chips. Value: (libtpu's generation name, TPU_ACCELERATOR_TYPE
+# prefix, chip_config_name, cores per chip, DEVICE_MEMORY_BYTES key, mesh dimensions).
+TPU_GENERATIONS = {
+    "v4": ("v4", "v4", "megacore", 2, "TPU v4", 3),
+    "v5p": ("v5p", "v5p", "megacore", 2, "TPU v5p", 3),
+    "v5e": ("v5e", "v5litepod", "default", 1, "TPU v5e", 2),
+    "v6e": ("v6e", "v6e", "default", 1, "TPU v6e", 2),
+}
+
 CPU_CAVEAT = (
     "memory compiled for CPU devices approximates an accelerator's: the TPU/GPU compilers fuse "
     "and lay out buffers differently"
@@ -73,7 +87,7 @@ class DryRunReport:
     """
 
     mesh: dict[str, int]
-    platform: str
+    platform: str  # "cpu", or "tpu" with `topology` naming the slice
     num_devices: int
     parameters: int
     tokens_per_step: int
@@ -88,6 +102,9 @@ class DryRunReport:
     largest_term: str
     compile_seconds: float
     caveat: str
+    # `config.dry_run.topology` as compiled for, e.g. "v5p-128 (v5p:4x4x4, TPU v5, 95 GiB a
+    # chip)"; "" for CPU devices.
+    topology: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "device_memory_bytes": DEVICE_MEMORY_BYTES}
@@ -95,8 +112,9 @@ class DryRunReport:
     def table(self) -> str:
         """A short human-readable summary: sizes, memory, and the per-device verdicts."""
         c, h = self.compiled, self.hand_count
+        where = f"{self.platform} devices" + (f" of {self.topology}" if self.topology else "")
         lines = [
-            f"mesh {self.mesh} on {self.num_devices} {self.platform} devices, compiled in "
+            f"mesh {self.mesh} on {self.num_devices} {where}, compiled in "
             f"{self.compile_seconds:.0f} s",
             f"parameters       {self.parameters / 1e6:14,.1f} M",
             f"FLOPs per step   {self.flops_per_step:14.3e}  (6N + attention, all devices)",
@@ -128,12 +146,19 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
     """Compiles `config`'s train step for its mesh, writes WORKDIR/dry_run.json, returns the report.
 
     Uses `config.dry_run.num_devices` devices (0: all of this process's). On CPU those are fake
-    devices that must exist before JAX starts.
+    devices that must exist before JAX starts. With `config.dry_run.topology` set, the devices
+    are that TPU slice's chips (all of them) and libtpu compiles.
 
     Raises:
-      ConfigError: a config value that cannot work, or fewer devices than the mesh needs.
+      ConfigError: a config value that cannot work, fewer devices than the mesh needs, an
+        unknown topology or libtpu missing, or a program the TPU compiler refuses as too big.
     """
-    setup = state_lib.setup(config, devices=_devices(config))
+    topology = str(config.dry_run.topology or "")
+    if topology:
+        devices, topology_text = tpu_topology_devices(topology)
+    else:
+        devices, topology_text = _devices(config), ""
+    setup = state_lib.setup(config, devices=devices)
     train_step = steps.make_train_step(
         setup.layout,
         objectives.get(config.objective.name),
@@ -156,7 +181,17 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
     # make_train_step wraps its jit in the axis rules (functools.wraps keeps the jit as
     # __wrapped__); trace inside the same rules so the activation constraints apply.
     with mesh_lib.axis_rules(setup.mesh, setup.layout.rules):
-        compiled = train_step.__wrapped__.lower(setup.layout.abstract_state, batch).compile()
+        lowered = train_step.__wrapped__.lower(setup.layout.abstract_state, batch)
+    try:
+        compiled = lowered.compile()
+    except Exception as error:  # libtpu refuses a program bigger than a chip's HBM
+        if topology and "RESOURCE_EXHAUSTED" in str(error):
+            first = str(error).strip().splitlines()[0]
+            raise config_lib.ConfigError(
+                f"does not fit {topology_text}: the TPU compiler refused the train step ({first}); "
+                "raise train.grad_accum_steps or use more chips."
+            ) from error
+        raise
     compile_seconds = time.perf_counter() - start
 
     analysis = compiled.memory_analysis()
@@ -180,9 +215,10 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
     largest = max(parts, key=parts.get)
     model_cfg = setup.model_config
     tokens = config.train.batch_size * config.train.seq_len
+    platform = setup.mesh.devices.flat[0].platform
     report = DryRunReport(
         mesh=dict(setup.mesh.shape),
-        platform=setup.mesh.devices.flat[0].platform,
+        platform=platform,
         num_devices=setup.mesh.size,
         parameters=_count(setup.layout.abstract_state["params"]),
         tokens_per_step=tokens,
@@ -193,7 +229,8 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
         fits={name: memory["total"] <= size for name, size in DEVICE_MEMORY_BYTES.items()},
         largest_term=f"{largest} ({parts[largest] / GIB:,.2f} GiB of {hand['total'] / GIB:,.2f})",
         compile_seconds=compile_seconds,
-        caveat=CPU_CAVEAT if setup.mesh.devices.flat[0].platform == "cpu" else "",
+        caveat=CPU_CAVEAT if platform == "cpu" else "",
+        topology=topology_text,
     )
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "dry_run.json"), "w") as f:
@@ -217,6 +254,81 @@ def _devices(config: ml_collections.ConfigDict) -> list[jax.Device]:
             f"XLA_FLAGS=--xla_force_host_platform_device_count={needed}."
         )
     return jax.devices()[:wanted]
+
+
+def tpu_topology_devices(name: str) -> tuple[list[jax.Device], str]:
+    """Compile-only devices of a TPU slice (`v5p-128`, or libtpu's `v5p:4x4x4`) and a description.
+
+    Needs libtpu (`pip install -e '.[tpu]'`); no TPU: the devices only compile. The TPU runtime
+    reads its environment once, when libtpu first initialises, so the variables that stop it
+    looking for a TPU VM's metadata server (and its one-process lock) are set here, only when a
+    topology is asked for.
+    """
+    generation, _, size = name.partition("-")
+    libtpu_name = name
+    if ":" not in name:
+        if generation not in TPU_GENERATIONS or not size.isdigit():
+            raise config_lib.ConfigError(
+                f"config key dry_run.topology={name!r} is not a TPU slice; use e.g. v5p-128, "
+                f"v5e-256, v6e-8 ({', '.join(TPU_GENERATIONS)}) or libtpu's v5p:4x4x4."
+            )
+        libtpu_name = f"{TPU_GENERATIONS[generation][0]}:{_chip_grid(name, generation, int(size))}"
+    generation = libtpu_name.split(":")[0]
+    if generation not in TPU_GENERATIONS:
+        raise config_lib.ConfigError(
+            f"config key dry_run.topology={name!r}: unknown TPU generation {generation!r}; "
+            f"use one of {', '.join(TPU_GENERATIONS)}."
+        )
+    _, accelerator, chip_config, cores, memory_key, _ = TPU_GENERATIONS[generation]
+    try:
+        import libtpu  # noqa: F401  # the TPU compiler, from PyPI
+    except ImportError as error:
+        raise config_lib.ConfigError(
+            f"config key dry_run.topology={name!r} compiles with libtpu, which is not installed; "
+            "pip install -e '.[tpu]'."
+        ) from error
+    chips = math.prod(int(x) for x in libtpu_name.split(":")[1].split("x"))
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{accelerator}-{chips * cores}")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # libtpu locks /tmp/libtpu_lockfile for one process per machine; compiling touches no chip,
+    # so dry runs side by side (or beside a job) may share it.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    from jax.experimental import topologies
+
+    try:
+        devices = list(
+            topologies.get_topology_desc(libtpu_name, "tpu", chip_config_name=chip_config).devices
+        )
+    except Exception as error:  # libtpu's own message names what is wrong  # noqa: BLE001
+        raise config_lib.ConfigError(
+            f"config key dry_run.topology={name!r}: libtpu cannot make topology "
+            f"{libtpu_name!r}: {str(error).splitlines()[0]}"
+        ) from error
+    memory = DEVICE_MEMORY_BYTES[memory_key] / GIB
+    text = f"{name} ({libtpu_name}, {devices[0].device_kind}, {memory:g} GiB a chip)"
+    return devices, text
+
+
+def _chip_grid(name: str, generation: str, size: int) -> str:
+    """The chip grid of a standard slice: v5p-128 = 64 chips = 4x4x4, v5e-256 = 16x16.
+
+    Powers of two only, grown the way Cloud TPU grows slices (v5p: 2x2x1, 2x2x2, 2x2x4, 2x4x4,
+    4x4x4, ...; v5e: 1x1, 1x2, 2x2, 2x4, 4x4, ...): double the smallest side, the last on a tie.
+    """
+    _, _, _, cores, _, dims = TPU_GENERATIONS[generation]
+    chips = size // cores
+    grid = [2, 2, 1] if dims == 3 else [1, 1]
+    if size % cores or chips < math.prod(grid) or chips & (chips - 1):
+        raise config_lib.ConfigError(
+            f"config key dry_run.topology={name!r}: give the chip grid instead "
+            f"(libtpu's form, e.g. {generation}:4x4x12 or {generation}:2x4); the "
+            f"{generation}-N form covers powers of two from {math.prod(grid) * cores}."
+        )
+    while math.prod(grid) < chips:
+        smallest = min(grid)
+        grid[max(i for i, side in enumerate(grid) if side == smallest)] *= 2
+    return "x".join(map(str, grid))
 
 
 def _count(tree: Any) -> int:

@@ -8,7 +8,7 @@
 # (or fetches, when it has a clone) and checks out REF. Then, in ~/DIR on each worker, it
 # installs uv (astral.sh's installer) unless there is one, makes .venv with Python --python
 # (uv fetches it: the TPU images' own python3 can be older than the 3.11 this package needs) and
-# installs the package plus `jax[tpu]` (JAX with libtpu; pyproject.toml has no tpu extra).
+# installs the package plus `jax[tpu]` (JAX with the libtpu it pins, as the `tpu` extra does).
 # Rerun it after changing the code: it updates the copy and the install in place.
 #
 #   --repo      git URL the workers clone (they need read access to it)
