@@ -159,15 +159,8 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
     else:
         devices, topology_text = _devices(config), ""
     setup = state_lib.setup(config, devices=devices)
-    train_step = steps.make_train_step(
-        setup.layout,
-        objectives.get(config.objective.name),
-        setup.tx,
-        setup.schedule,
-        setup.batch_sharding,
-        grad_accum_steps=config.train.grad_accum_steps,
-        anomaly=steps.AnomalyPolicy.from_config(config.train),
-        z_loss=config.train.z_loss,
+    train_step = steps.make_configured_train_step(
+        setup, objectives.get(config.objective.name), config.train
     )
     batch = {
         key: jax.ShapeDtypeStruct(

@@ -26,7 +26,7 @@ from jaxpretrain import mesh as mesh_lib
 from jaxpretrain import objectives
 from jaxpretrain.data import device as data_device
 from jaxpretrain.data import pipeline
-from jaxpretrain.state import StateLayout, TrainState
+from jaxpretrain.state import Setup, StateLayout, TrainState
 
 
 def _with_axis_rules(jitted: Callable, mesh: Mesh, rules: mesh_lib.AxisRules) -> Callable:
@@ -260,6 +260,23 @@ def make_train_step(
         donate_argnums=0,
     )
     return _with_axis_rules(jitted, batch_sharding.mesh, layout.rules)
+
+
+def make_configured_train_step(
+    setup: Setup, objective: objectives.Objective, train_cfg: ml_collections.ConfigDict
+) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """The train step `config.train` asks for on `setup`: what training runs and the dry run
+    compiles, built in one place so the two cannot drift apart."""
+    return make_train_step(
+        setup.layout,
+        objective,
+        setup.tx,
+        setup.schedule,
+        setup.batch_sharding,
+        grad_accum_steps=train_cfg.grad_accum_steps,
+        anomaly=AnomalyPolicy.from_config(train_cfg),
+        z_loss=train_cfg.z_loss,
+    )
 
 
 def make_eval_step(

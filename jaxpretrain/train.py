@@ -156,16 +156,7 @@ def run_training(
     iterator resumes only on the process count that saved it.
     """
     config = exp.config
-    train_step = steps.make_train_step(
-        exp.layout,
-        exp.objective,
-        exp.tx,
-        exp.schedule,
-        exp.batch_sharding,
-        grad_accum_steps=config.train.grad_accum_steps,
-        anomaly=steps.AnomalyPolicy.from_config(config.train),
-        z_loss=config.train.z_loss,
-    )
+    train_step = steps.make_configured_train_step(exp.setup, exp.objective, config.train)
     eval_step = steps.make_eval_step(
         exp.layout,
         exp.objective,

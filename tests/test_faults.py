@@ -15,41 +15,19 @@ import time
 import jax
 import numpy as np
 import pytest
+from test_train import tiny_config as train_tiny_config  # pytest puts tests/ on sys.path
 
 from jaxpretrain import checkpoint, recovery, train
 from jaxpretrain import config as config_lib
-from jaxpretrain.curate import prepare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 24
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data")
-    prepare.prepare(str(path), "stdlib", vocab_size=512, max_documents=60, num_shards=2)
-    return str(path)
-
-
 def tiny_config(data_dir: str, **train_overrides):
-    config = config_lib.default_config()
-    config.model.update(
-        num_layers=2,
-        embed_dim=64,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        mlp_dim=128,
-        max_seq_len=64,
-        dtype="float32",
-    )
-    config.train.update(
-        steps=8, batch_size=8, seq_len=64, lr=3e-3, warmup_steps=2, log_every=1, seed=3
-    )
-    config.train.update(train_overrides)
+    """test_train's tiny run, saving every 2 steps and keeping all of them."""
+    config = train_tiny_config(data_dir, **train_overrides)
     config.checkpoint.update(every=2, max_to_keep=10)
-    config.eval.update(every=0, steps=2)
-    config.data.dir = data_dir
     return config
 
 

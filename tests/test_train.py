@@ -14,18 +14,10 @@ from jaxpretrain import config as config_lib
 from jaxpretrain import mesh as mesh_lib
 from jaxpretrain import state as state_lib
 from jaxpretrain import steps, train
-from jaxpretrain.curate import prepare
 from jaxpretrain.data import device as data_device
 from jaxpretrain.data import pipeline
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data")
-    prepare.prepare(str(path), "stdlib", vocab_size=512, max_documents=60, num_shards=2)
-    return str(path)
 
 
 def tiny_config(data_dir: str, **train_overrides):
