@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -30,6 +29,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
+
+from jaxpretrain import paths
 
 _FILES_RECORD = "files.json"
 
@@ -60,8 +61,7 @@ class Checkpointer:
         use_async: bool = True,
         read_only: bool = False,
     ):
-        # Orbax needs absolute local paths; URIs (gs://...) are used as given.
-        self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
+        self.directory = paths.resolve(directory)  # Orbax needs absolute local paths
         self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
@@ -227,14 +227,11 @@ class Checkpointer:
             if step not in existing:  # already deleted by max_to_keep
                 continue
             sizes = {
-                str((folder / name).relative_to(step_dir)): (folder / name).stat().length
-                for folder, _, names in step_dir.walk()
-                for name in sorted(names)
+                name: path.stat().length
+                for name, path in paths.files_under(step_dir)
                 if not name.startswith(_FILES_RECORD)
             }
-            tmp = step_dir / (_FILES_RECORD + ".tmp")
-            tmp.write_text(json.dumps(sizes, indent=1))
-            tmp.rename(step_dir / _FILES_RECORD)
+            paths.write_text_atomic(step_dir / _FILES_RECORD, json.dumps(sizes, indent=1))
 
     def _is_corrupt(self, step: int) -> bool:
         """Whether `step` is provably corrupt; a writing checkpointer also sets it aside.
@@ -262,8 +259,7 @@ class Checkpointer:
             target,
         )
         if jax.process_index() == 0:
-            target.mkdir(parents=True, exist_ok=True)
-            (self.directory / str(step)).rename(target / f"{step}-{int(time.time())}")
+            paths.move(self.directory / str(step), target / f"{step}-{int(time.time())}")
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
         self._manager.reload()

@@ -15,6 +15,8 @@ import os
 import ml_collections
 from absl import logging
 
+from jaxpretrain import paths
+
 # Logical axis -> mesh axes. Parameters and activations name logical axes only (see model/);
 # this table is the single place that decides how they are laid out on the mesh.
 # Tensor parallelism is Megatron's: heads, kv heads and the MLP hidden dimension split over
@@ -427,15 +429,12 @@ def load_config_file(path: str | os.PathLike, key: str = "--config"):
 
 def data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Where prepared data lives: `data.dir`, or WORKDIR/data when unset."""
-    return config.data.dir or os.path.join(workdir, "data")
+    return config.data.dir or os.fspath(paths.resolve(workdir) / "data")
 
 
 def write_config_json(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes the resolved config to WORKDIR/config.json (atomically) and returns its path."""
-    path = os.path.join(workdir, "config.json")
-    tmp_path = path + ".tmp"
-    with open(tmp_path, "w") as f:
-        json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp_path, path)
-    return path
+    path = paths.resolve(workdir) / "config.json"
+    text = json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str) + "\n"
+    paths.write_text_atomic(path, text)
+    return os.fspath(path)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxpretrain import config as config_lib
-from jaxpretrain import flops, objectives, steps
+from jaxpretrain import flops, objectives, paths, steps
 from jaxpretrain import mesh as mesh_lib
 from jaxpretrain import state as state_lib
 from jaxpretrain.data import pipeline
@@ -225,10 +225,9 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
         caveat=CPU_CAVEAT if platform == "cpu" else "",
         topology=topology_text,
     )
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "dry_run.json"), "w") as f:
-        json.dump(report.to_json(), f, indent=2)
-        f.write("\n")
+    output = paths.resolve(workdir)
+    output.mkdir(parents=True, exist_ok=True)
+    paths.write_text_atomic(output / "dry_run.json", json.dumps(report.to_json(), indent=2) + "\n")
     return report
 
 

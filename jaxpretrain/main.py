@@ -60,14 +60,28 @@ def prepare_data_once(config, workdir: str) -> None:
     """Prepares missing data on process 0 while the others wait, then on any process that
     still lacks it (hosts whose workdir is a local disk, not shared storage)."""
     import jax
+    import numpy as np
     from jax.experimental import multihost_utils
 
     from jaxpretrain.curate import prepare
 
+    failure: Exception | None = None
     if jax.process_index() == 0:
-        prepare.ensure_prepared_data(config, workdir)
+        try:
+            prepare.ensure_prepared_data(config, workdir)
+        except Exception as error:  # re-raised below, after the others have heard of it
+            failure = error
     if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("jaxpretrain_prepared_data")
+        # A broadcast, not a bare barrier: every process learns whether process 0 failed and
+        # stops with it instead of waiting at a barrier process 0 never reaches.
+        failed = multihost_utils.broadcast_one_to_all(np.int32(failure is not None))
+        if failure is None and int(failed):
+            raise FileNotFoundError(
+                f"process 0 failed to prepare the data for {workdir}; its log says why."
+            )
+    if failure is not None:
+        raise failure
+    if jax.process_count() > 1:
         prepare.ensure_prepared_data(config, workdir)
 
 
@@ -85,19 +99,21 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize()  # discovers the cluster from the environment
 
     from jaxpretrain import config as config_lib
-    from jaxpretrain import train
+    from jaxpretrain import paths, train
 
     config, workdir = _CONFIG.value, _WORKDIR.value
     try:
+        paths.check_supported(workdir, "--workdir")
+        paths.check_supported(config_lib.data_dir(config, workdir), "data.dir")
         if _MODE.value == "dry_run":
             from jaxpretrain import dry_run
 
             report = dry_run.dry_run(config, workdir)  # validates for the devices it compiles for
             print(report.table())
-            print(f"wrote {os.path.join(workdir, 'dry_run.json')}")
+            print(f"wrote {paths.resolve(workdir) / 'dry_run.json'}")
             return
         config_lib.validate(config, jax.device_count())
-        os.makedirs(workdir, exist_ok=True)
+        paths.resolve(workdir).mkdir(parents=True, exist_ok=True)
         prepare_data_once(config, workdir)
         if _MODE.value == "eval":
             print(train.evaluate_checkpoint(config, workdir))

@@ -13,14 +13,20 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from absl import logging
+from etils import epath
+
+from jaxpretrain import paths
 
 Scalars = Mapping[str, float | None]
+METRICS_FILENAME = "metrics.jsonl"
 
 
 class MetricWriter(Protocol):
@@ -101,18 +107,61 @@ class TensorBoardWriter:
         self._writer.close()
 
 
+class RemoteMirror:
+    """Copies the files of a local staging folder to a remote workdir (gs://...).
+
+    Object stores cannot append, and gcsfs turns an append into an overwrite, so metrics.jsonl
+    and the TensorBoard event files of a remote workdir are written to local disk and each changed
+    file is uploaded whole: at most every `every_seconds`, and at once on events, checkpoint
+    saves (`flush`) and close. A resumed run first downloads metrics.jsonl to continue it.
+    """
+
+    def __init__(self, remote_dir: epath.Path, every_seconds: float):
+        self.remote_dir = remote_dir
+        self.local_dir = epath.Path(tempfile.mkdtemp(prefix="jaxpretrain-metrics-"))
+        self._every_seconds = every_seconds
+        self._last_sync = time.monotonic()
+        self._uploaded: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) uploaded
+        metrics = remote_dir / METRICS_FILENAME
+        if metrics.exists():
+            (self.local_dir / METRICS_FILENAME).write_bytes(metrics.read_bytes())
+
+    def sync(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last_sync < self._every_seconds:
+            return
+        self._last_sync = time.monotonic()
+        for name, path in paths.files_under(self.local_dir):
+            stat = os.stat(path)
+            if self._uploaded.get(name) != (stat.st_size, stat.st_mtime_ns):
+                (self.remote_dir / name).write_bytes(path.read_bytes())
+                self._uploaded[name] = (stat.st_size, stat.st_mtime_ns)
+
+    def close(self) -> None:
+        self.sync(force=True)
+        shutil.rmtree(self.local_dir, ignore_errors=True)
+
+
 class MultiWriter:
-    def __init__(self, writers: Sequence[MetricWriter]):
+    def __init__(self, writers: Sequence[MetricWriter], mirror: RemoteMirror | None = None):
         self._writers = list(writers)
+        self._mirror = mirror
 
     def write_scalars(self, step: int, scalars: Scalars) -> None:
         for writer in self._writers:
             writer.write_scalars(step, scalars)
+        if self._mirror is not None:
+            self._mirror.sync()
 
     def write_event(self, step: int, event: str, details: Mapping[str, object]) -> None:
         logging.warning("step %d: %s %s", step, event, dict(details))
         for writer in self._writers:
             writer.write_event(step, event, details)
+        self.flush()
+
+    def flush(self) -> None:
+        """Puts every record written so far on the workdir's storage (before a checkpoint)."""
+        if self._mirror is not None:
+            self._mirror.sync(force=True)
 
     @property
     def records(self) -> int:
@@ -122,19 +171,31 @@ class MultiWriter:
     def close(self) -> None:
         for writer in self._writers:
             writer.close()
+        if self._mirror is not None:
+            self._mirror.close()
 
 
 def create_writer(
-    workdir: str, is_primary_process: bool, keep_records: int | None = None
+    workdir: str,
+    is_primary_process: bool,
+    keep_records: int | None = None,
+    remote_sync_seconds: float = 60.0,
 ) -> MultiWriter:
     """WORKDIR/metrics.jsonl + TensorBoard events in WORKDIR, on the primary process only.
 
     `keep_records`: the metrics.jsonl record count stored with the checkpoint being resumed.
+    A remote WORKDIR (gs://...) gets its files through a `RemoteMirror` that uploads them at
+    least every `remote_sync_seconds`.
     """
     if not is_primary_process:
         return MultiWriter([])
-    jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), keep_records)
-    return MultiWriter([jsonl, TensorBoardWriter(workdir)])
+    mirror = None
+    logdir = paths.resolve(workdir)
+    if paths.is_remote(workdir):
+        mirror = RemoteMirror(logdir, remote_sync_seconds)
+        logdir = mirror.local_dir
+    jsonl = JsonlWriter(os.fspath(logdir / METRICS_FILENAME), keep_records)
+    return MultiWriter([jsonl, TensorBoardWriter(os.fspath(logdir))], mirror)
 
 
 def _format_duration(seconds: float) -> str:

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxpretrain import checkpoint, flops, monitor, objectives, recovery, sample, steps
+from jaxpretrain import checkpoint, flops, monitor, objectives, paths, recovery, sample, steps
 from jaxpretrain import config as config_lib
 from jaxpretrain import mesh as mesh_lib
 from jaxpretrain import state as state_lib
@@ -88,7 +88,7 @@ class Experiment:
     def checkpointer(self, workdir: str, read_only: bool = False) -> checkpoint.Checkpointer:
         """The run's checkpoints; `read_only` for readers (eval, tools) beside a live run."""
         return checkpoint.Checkpointer(
-            os.path.join(workdir, "checkpoints"),
+            os.fspath(paths.resolve(workdir) / "checkpoints"),
             max_to_keep=self.config.checkpoint.max_to_keep,
             use_async=self.config.checkpoint.use_async,
             read_only=read_only,
@@ -207,6 +207,7 @@ def run_training(
 
     def save(step: int) -> None:
         run_info = {"config": config_json, "metrics_records": writer.records}
+        writer.flush()  # the records the checkpoint counts are on storage before it is
         checkpointer.save(step, state, train_iter.get_state(), run_info)
 
     progress = monitor.Progress(config.train.steps)
@@ -359,7 +360,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
         checkpointer.close()
     if restored is None:
         raise FileNotFoundError(
-            f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; train first (--mode=train)."
+            f"no checkpoint in {checkpointer.directory}; train first (--mode=train)."
         )
     step, state = restored.step, restored.state
     eval_step = steps.make_eval_step(

@@ -159,6 +159,45 @@ def test_two_processes_train_like_one_with_eight_devices_exit_and_resume(tiny):
     assert sorted(logged("two")) == [0, 2, 4, 6]
 
 
+def test_process_zero_failing_to_prepare_stops_every_process(tiny):
+    """Process 1 must not wait forever at a barrier process 0 never reaches."""
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jaxpretrain.main",
+                "--config=tiny.py",
+                "--workdir=run",
+                "--config.data.source=missing_dir",
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={index}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tiny,
+            env=env,
+        )
+        for index in range(2)
+    ]
+    try:
+        results = [process.communicate(timeout=180) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, (_, stderr) in zip(processes, results, strict=True):
+        assert process.returncode != 0
+        assert "Traceback" not in stderr, stderr[-3000:]
+    assert "missing_dir" in results[0][1].strip().splitlines()[-1]
+    assert "process 0 failed to prepare the data" in results[1][1].strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

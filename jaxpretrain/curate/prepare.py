@@ -118,11 +118,20 @@ def ensure_prepared_data(config: ml_collections.ConfigDict, workdir: str) -> str
     from absl import logging
 
     from jaxpretrain import config as run_config
+    from jaxpretrain import paths
     from jaxpretrain.data import manifest as manifest_lib
 
     data_dir = run_config.data_dir(config, workdir)
     if manifest_lib.is_prepared(data_dir):
         return data_dir
+    if paths.is_remote(data_dir):
+        # Curation reads and writes local folders (remote paths for it are planned).
+        raise FileNotFoundError(
+            f"no prepared data in {data_dir} (data.dir, or WORKDIR/data when unset), and data "
+            "is only prepared into local folders: prepare it on a local disk (a first run with "
+            "a local data.dir, or tools/prepare_data.py) and copy the folder there "
+            f"(gcloud storage cp -r LOCAL_DIR {data_dir}), or set data.dir to a local path."
+        )
     if config.data.curation:
         logging.info("no prepared data in %s: curating with %s", data_dir, config.data.curation)
         curation = run_config.load_config_file(config.data.curation, key="data.curation")
