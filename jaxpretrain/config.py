@@ -122,7 +122,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 500  # 0 disables periodic eval; eval also runs at the last step
-    c.eval.steps = 20  # validation batches per eval; -1 = the whole validation split
+    c.eval.steps = 20  # validation batches per eval, per source of a mixture; -1 = all of it
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1: all devices left after the other axes
@@ -165,6 +165,20 @@ def default_config() -> ml_collections.ConfigDict:
     # A run resumes on any process count that divides it, reading the same examples.
     c.data.num_streams = 0
 
+    # Metrics go to WORKDIR/metrics.jsonl and TensorBoard events in WORKDIR, always.
+    c.monitor = ml_collections.ConfigDict()
+    # A remote workdir (gs://) gets its metric files uploaded at least this often.
+    c.monitor.remote_sync_seconds = 60.0
+    # Weights & Biases, optional (pip install wandb). The run id is derived from the workdir,
+    # so a resumed run continues the same W&B run; the x axis is the `step` metric.
+    c.monitor.wandb = ml_collections.ConfigDict()
+    c.monitor.wandb.enabled = False
+    c.monitor.wandb.project = "jaxpretrain"
+    c.monitor.wandb.entity = ""  # "": your default entity
+    c.monitor.wandb.name = ""  # "": the workdir's name
+    c.monitor.wandb.mode = "online"  # online | offline (no network; `wandb sync` uploads later)
+    c.monitor.wandb.tags = ""  # comma-separated
+
     c.sample = ml_collections.ConfigDict()
     c.sample.prompt = "def "
     c.sample.length = 64
@@ -178,6 +192,20 @@ def default_config() -> ml_collections.ConfigDict:
     # (libtpu). "": fake CPU devices.
     c.dry_run.topology = ""
     return c
+
+
+def _check_wandb(settings: ml_collections.ConfigDict) -> None:
+    if not settings.enabled:
+        return
+    if settings.mode not in ("online", "offline"):
+        raise ConfigError(
+            f"config key monitor.wandb.mode={settings.mode!r} must be 'online' or 'offline'."
+        )
+    if importlib.util.find_spec("wandb") is None:
+        raise ConfigError(
+            "config key monitor.wandb.enabled=True needs the wandb package: pip install wandb "
+            "(or leave it False; metrics.jsonl and TensorBoard are always written)."
+        )
 
 
 def _positive(config: ml_collections.ConfigDict, *keys: str) -> None:
@@ -245,6 +273,7 @@ def validate(
 
     _check_precision(config.model)
     _check_anomaly(config.train)
+    _check_wandb(config.monitor.wandb)
     if config.data.num_streams < 0:
         raise ConfigError(
             f"config key data.num_streams={config.data.num_streams} must be >= 0 (0: one per "

@@ -32,37 +32,26 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxpretrain import config as config_lib
-from jaxpretrain import flops, objectives, paths, steps
+from jaxpretrain import flops, hardware, objectives, paths, steps
 from jaxpretrain import mesh as mesh_lib
 from jaxpretrain import state as state_lib
 from jaxpretrain.data import pipeline
 
 GIB = 2**30
 
-# Memory per device (HBM) in bytes, from the vendors' spec pages: Cloud TPU "System
-# architecture" pages (v4 32 GiB, v5e 16 GiB, v5p 95 GiB, v6e Trillium 32 GiB per chip); NVIDIA
-# A100 datasheet (40 / 80 GB), H100 SXM datasheet (80 GB), H200 datasheet (141 GB). GiB and GB are
-# taken at face value as GiB; the runtime keeps some of it (XLA's own reserve, NCCL buffers), so a
-# total within ~5% of a capacity is marginal.
-DEVICE_MEMORY_BYTES = {
-    "TPU v4": 32 * GIB,
-    "TPU v5e": 16 * GIB,
-    "TPU v5p": 95 * GIB,
-    "TPU v6e": 32 * GIB,
-    "A100-40GB": 40 * GIB,
-    "A100-80GB": 80 * GIB,
-    "H100": 80 * GIB,
-    "H200": 141 * GIB,
-}
+# The accelerators the dry run judges, by label ("TPU v5p", "A100-80GB"): memory per device in
+# bytes, from the one hardware table (`hardware.py`, with the sources).
+DEVICE_MEMORY_BYTES = {entry.label: entry.memory_bytes for entry in hardware.HARDWARE.values()}
 
-# Cloud TPU slice names (`v5p-128`): v4 and v5p count TensorCores (2 a chip, one JAX device:
-# megacore), v5e and v6e count chips. Value: (libtpu's generation name, TPU_ACCELERATOR_TYPE
-# prefix, chip_config_name, cores per chip, DEVICE_MEMORY_BYTES key, mesh dimensions).
+# Cloud TPU slice names (`v5p-128`) to libtpu topologies. Key: `hardware.HARDWARE` name (which
+# holds the memory and TensorCores per chip: v4 and v5p slice names count cores, 2 a chip, one
+# JAX device: megacore). Value: (libtpu's generation name, TPU_ACCELERATOR_TYPE prefix,
+# chip_config_name, mesh dimensions).
 TPU_GENERATIONS = {
-    "v4": ("v4", "v4", "megacore", 2, "TPU v4", 3),
-    "v5p": ("v5p", "v5p", "megacore", 2, "TPU v5p", 3),
-    "v5e": ("v5e", "v5litepod", "default", 1, "TPU v5e", 2),
-    "v6e": ("v6e", "v6e", "default", 1, "TPU v6e", 2),
+    "v4": ("v4", "v4", "megacore", 3),
+    "v5p": ("v5p", "v5p", "megacore", 3),
+    "v5e": ("v5e", "v5litepod", "default", 2),
+    "v6e": ("v6e", "v6e", "default", 2),
 }
 
 CPU_CAVEAT = (
@@ -162,14 +151,7 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
     train_step = steps.make_configured_train_step(
         setup, objectives.get(config.objective.name), config.train
     )
-    batch = {
-        key: jax.ShapeDtypeStruct(
-            (config.train.batch_size, config.train.seq_len),
-            jnp.float32 if key == "loss_weights" else jnp.int32,
-            sharding=setup.batch_sharding,
-        )
-        for key in pipeline.BATCH_FEATURES
-    }
+    batch = abstract_batch(config, setup)
     start = time.perf_counter()
     # make_train_step wraps its jit in the axis rules (functools.wraps keeps the jit as
     # __wrapped__); trace inside the same rules so the activation constraints apply.
@@ -203,9 +185,6 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
         + memory["generated_code"]
     )
     hand = hand_count(config, setup, batch)
-    parts = {key: value for key, value in hand.items() if key not in ("state", "total")}
-    del parts[min(("attention_scores", "logits"), key=parts.get)]  # not in the total
-    largest = max(parts, key=parts.get)
     model_cfg = setup.model_config
     tokens = config.train.batch_size * config.train.seq_len
     platform = setup.mesh.devices.flat[0].platform
@@ -220,7 +199,7 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
         compiled=memory,
         hand_count=hand,
         fits={name: memory["total"] <= size for name, size in DEVICE_MEMORY_BYTES.items()},
-        largest_term=f"{largest} ({parts[largest] / GIB:,.2f} GiB of {hand['total'] / GIB:,.2f})",
+        largest_term=largest_term(hand),
         compile_seconds=compile_seconds,
         caveat=CPU_CAVEAT if platform == "cpu" else "",
         topology=topology_text,
@@ -229,6 +208,28 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
     output.mkdir(parents=True, exist_ok=True)
     paths.write_text_atomic(output / "dry_run.json", json.dumps(report.to_json(), indent=2) + "\n")
     return report
+
+
+def abstract_batch(
+    config: ml_collections.ConfigDict, setup: state_lib.Setup
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """One global batch as abstract arrays on the setup's batch sharding (nothing allocated)."""
+    return {
+        key: jax.ShapeDtypeStruct(
+            (config.train.batch_size, config.train.seq_len),
+            jnp.float32 if key == "loss_weights" else jnp.int32,
+            sharding=setup.batch_sharding,
+        )
+        for key in pipeline.BATCH_FEATURES
+    }
+
+
+def largest_term(hand: dict[str, int]) -> str:
+    """The largest part of a `hand_count` total, e.g. "saved_activations (12.00 GiB of 20.50)"."""
+    parts = {key: value for key, value in hand.items() if key not in ("state", "total")}
+    del parts[min(("attention_scores", "logits"), key=parts.get)]  # not in the total
+    largest = max(parts, key=parts.get)
+    return f"{largest} ({parts[largest] / GIB:,.2f} GiB of {hand['total'] / GIB:,.2f})"
 
 
 def _devices(config: ml_collections.ConfigDict) -> list[jax.Device]:
@@ -271,7 +272,8 @@ def tpu_topology_devices(name: str) -> tuple[list[jax.Device], str]:
             f"config key dry_run.topology={name!r}: unknown TPU generation {generation!r}; "
             f"use one of {', '.join(TPU_GENERATIONS)}."
         )
-    _, accelerator, chip_config, cores, memory_key, _ = TPU_GENERATIONS[generation]
+    _, accelerator, chip_config, _ = TPU_GENERATIONS[generation]
+    cores = hardware.HARDWARE[generation].cores_per_chip
     try:
         import libtpu  # noqa: F401  # the TPU compiler, from PyPI
     except ImportError as error:
@@ -297,7 +299,7 @@ def tpu_topology_devices(name: str) -> tuple[list[jax.Device], str]:
             f"config key dry_run.topology={name!r}: libtpu cannot make topology "
             f"{libtpu_name!r}: {str(error).splitlines()[0]}"
         ) from error
-    memory = DEVICE_MEMORY_BYTES[memory_key] / GIB
+    memory = hardware.HARDWARE[generation].memory_bytes / GIB
     text = f"{name} ({libtpu_name}, {devices[0].device_kind}, {memory:g} GiB a chip)"
     return devices, text
 
@@ -308,7 +310,8 @@ def _chip_grid(name: str, generation: str, size: int) -> str:
     Powers of two only, grown the way Cloud TPU grows slices (v5p: 2x2x1, 2x2x2, 2x2x4, 2x4x4,
     4x4x4, ...; v5e: 1x1, 1x2, 2x2, 2x4, 4x4, ...): double the smallest side, the last on a tie.
     """
-    _, _, _, cores, _, dims = TPU_GENERATIONS[generation]
+    dims = TPU_GENERATIONS[generation][3]
+    cores = hardware.HARDWARE[generation].cores_per_chip
     chips = size // cores
     grid = [2, 2, 1] if dims == 3 else [1, 1]
     if size % cores or chips < math.prod(grid) or chips & (chips - 1):

@@ -4,20 +4,8 @@ from __future__ import annotations
 
 import jax
 
+from jaxpretrain import hardware
 from jaxpretrain.model import ModelConfig
-
-# Dense bf16 peak FLOP/s per device, from the vendors' spec sheets. Matched by substring of
-# `jax.Device.device_kind`, most specific first.
-PEAK_FLOPS_BY_DEVICE_KIND = (
-    ("TPU v6 lite", 918e12),
-    ("TPU v5 lite", 197e12),
-    ("TPU v5p", 459e12),
-    ("TPU v5", 459e12),
-    ("TPU v4", 275e12),
-    ("H200", 989e12),
-    ("H100", 989e12),
-    ("A100", 312e12),
-)
 
 
 def matmul_params(cfg: ModelConfig) -> int:
@@ -35,19 +23,21 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     The attention term counts the whole score matrix, as PaLM does, although causal masking
     leaves half of it unused; MFU is therefore comparable with PaLM/MaxText figures.
     """
-    attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
-    return 6.0 * matmul_params(cfg) + attention
+    return 6.0 * matmul_params(cfg) + attention_flops_per_token(cfg, seq_len)
+
+
+def attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """The attention term of `train_flops_per_token`, 12 L H Dh T: QK^T and AV over the whole
+    T x T score matrix, forward and backward (not halved for causal masking)."""
+    return 12.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
 
 
 def peak_flops_per_device(device: jax.Device, override_tflops: float = 0.0) -> float | None:
     """Peak FLOP/s of one device; None when unknown (e.g. CPU) and no override is configured."""
     if override_tflops > 0:
         return override_tflops * 1e12
-    kind = getattr(device, "device_kind", "")
-    for name, flops in PEAK_FLOPS_BY_DEVICE_KIND:
-        if name.lower() in kind.lower():
-            return flops
-    return None
+    entry = hardware.by_device_kind(getattr(device, "device_kind", ""))
+    return entry.peak_flops if entry else None
 
 
 def mfu(

@@ -10,6 +10,8 @@ are written with the `tensorboard` package's own event writer instead.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
@@ -17,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 from absl import logging
@@ -107,6 +109,56 @@ class TensorBoardWriter:
         self._writer.close()
 
 
+class WandbWriter:
+    """Scalars and events to a Weights & Biases run (`monitor.wandb.*` in the config).
+
+    The run id is a hash of the workdir, so a resumed run (`resume="allow"`) continues the same
+    W&B run. Every metric is plotted against a logged `step` metric rather than W&B's own step,
+    which must only increase: after a resume or a rollback a step is logged again, as in
+    metrics.jsonl, instead of being dropped. Events are `events/<name>` = 1 at their step.
+    W&B's files go to the workdir, or to a local folder for a remote workdir.
+    """
+
+    def __init__(self, settings, workdir: str, run_config: Mapping[str, object]):
+        import wandb
+
+        resolved = paths.resolve(workdir)
+        local_dir = (
+            tempfile.mkdtemp(prefix="jaxpretrain-wandb-")
+            if paths.is_remote(workdir)
+            else os.fspath(resolved)
+        )
+        tags = [tag.strip() for tag in settings.tags.split(",") if tag.strip()]
+        self._run = wandb.init(
+            project=settings.project,
+            entity=settings.entity or None,
+            name=settings.name or resolved.name,
+            id=hashlib.sha256(os.fspath(resolved).encode()).hexdigest()[:16],
+            resume="allow",
+            dir=local_dir,
+            config=dict(run_config),
+            mode=settings.mode,
+            tags=tags or None,
+        )
+        self._run.define_metric("step")
+        self._run.define_metric("*", step_metric="step")
+
+    def write_scalars(self, step: int, scalars: Scalars) -> None:
+        values = {key: value for key, value in scalars.items() if value is not None}
+        self._run.log({"step": int(step), **values})
+
+    def write_event(self, step: int, event: str, details: Mapping[str, object]) -> None:
+        numbers = {
+            f"events/{event}/{key}": value
+            for key, value in details.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+        self._run.log({"step": int(step), f"events/{event}": 1, **numbers})
+
+    def close(self) -> None:
+        self._run.finish()
+
+
 class RemoteMirror:
     """Copies the files of a local staging folder to a remote workdir (gs://...).
 
@@ -179,23 +231,32 @@ def create_writer(
     workdir: str,
     is_primary_process: bool,
     keep_records: int | None = None,
-    remote_sync_seconds: float = 60.0,
+    monitor_config=None,
+    run_config: Mapping[str, object] | None = None,
 ) -> MultiWriter:
-    """WORKDIR/metrics.jsonl + TensorBoard events in WORKDIR, on the primary process only.
+    """WORKDIR/metrics.jsonl + TensorBoard events in WORKDIR (+ W&B when
+    `monitor_config.wandb.enabled`), on the primary process only.
 
     `keep_records`: the metrics.jsonl record count stored with the checkpoint being resumed.
     A remote WORKDIR (gs://...) gets its files through a `RemoteMirror` that uploads them at
-    least every `remote_sync_seconds`.
+    least every `monitor_config.remote_sync_seconds` (default 60). `run_config`: the resolved
+    config, recorded by W&B.
     """
     if not is_primary_process:
         return MultiWriter([])
     mirror = None
     logdir = paths.resolve(workdir)
     if paths.is_remote(workdir):
-        mirror = RemoteMirror(logdir, remote_sync_seconds)
+        every = monitor_config.remote_sync_seconds if monitor_config is not None else 60.0
+        mirror = RemoteMirror(logdir, every)
         logdir = mirror.local_dir
-    jsonl = JsonlWriter(os.fspath(logdir / METRICS_FILENAME), keep_records)
-    return MultiWriter([jsonl, TensorBoardWriter(os.fspath(logdir))], mirror)
+    writers: list[MetricWriter] = [
+        JsonlWriter(os.fspath(logdir / METRICS_FILENAME), keep_records),
+        TensorBoardWriter(os.fspath(logdir)),
+    ]
+    if monitor_config is not None and monitor_config.wandb.enabled:
+        writers.append(WandbWriter(monitor_config.wandb, workdir, run_config or {}))
+    return MultiWriter(writers, mirror)
 
 
 def _format_duration(seconds: float) -> str:
@@ -212,10 +273,49 @@ class Progress:
         self._total_steps = total_steps
         self._stream = stream
 
-    def report(self, step: int, loss: float, tokens_per_second: float, steps_per_second: float):
-        eta = (self._total_steps - step) / steps_per_second if steps_per_second > 0 else 0.0
+    def report(
+        self,
+        step: int,
+        loss: float,
+        tokens_per_second: float | None,
+        steps_per_second: float | None,
+    ) -> None:
+        """`None` rates: nothing timed yet (the interval held only the compiling step)."""
+        eta = "?"
+        if steps_per_second:
+            eta = _format_duration((self._total_steps - step) / steps_per_second)
+        rate = "?" if tokens_per_second is None else f"{tokens_per_second:,.0f}"
         self._stream.write(
-            f"step {step:>7d}/{self._total_steps} | loss {loss:8.4f} | "
-            f"{tokens_per_second:10,.0f} tok/s | eta {_format_duration(eta)}\n"
+            f"step {step:>7d}/{self._total_steps} | loss {loss:8.4f} | {rate:>10} tok/s | "
+            f"eta {eta}\n"
         )
         self._stream.flush()
+
+
+class TrainingClock:
+    """Seconds spent training in the current logging interval.
+
+    Started after the first (compiling) step of a run, and paused around evaluation and
+    checkpoint saves, so throughput and MFU measure the train step alone. `steps` counts the
+    steps timed since the last `restart`.
+    """
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self._start, self._paused, self.steps = time.perf_counter(), 0.0, 0
+
+    def count_step(self) -> None:
+        self.steps += 1
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._paused += time.perf_counter() - begin
+
+    def seconds(self) -> float:
+        return max(time.perf_counter() - self._start - self._paused, 1e-9)

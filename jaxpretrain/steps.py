@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -174,8 +174,9 @@ def make_train_step(
     `grad_norm` (of the mean gradient, before clipping), `learning_rate` (the one this update
     used), `anomaly` (int32 bit flags: ANOMALY_NON_FINITE | ANOMALY_LOSS_SPIKE |
     ANOMALY_GRAD_SPIKE; 0 normal), `update_skipped` (int32 0/1), `loss_ema` (the loss's moving
-    average after this step; an anomalous step leaves it as judged), and `z_loss` (the z-loss
-    term per weight, coefficient included) when `z_loss` > 0.
+    average after this step; an anomalous step leaves it as judged), `tokens` (int32: positions
+    of the global batch holding a token, not padding), and `z_loss` (the z-loss term per weight,
+    coefficient included) when `z_loss` > 0.
     """
     if z_loss < 0:
         raise ValueError(f"config key train.z_loss={z_loss} must be >= 0 (0 disables).")
@@ -248,6 +249,9 @@ def make_train_step(
             "anomaly": flags,
             "update_skipped": skipped.astype(jnp.int32),
             "loss_ema": anomaly_state["loss_ema"],
+            # Positions holding a token, over the global batch: throughput counts these, not
+            # padding, and no host sees the other hosts' rows.
+            "tokens": jnp.count_nonzero(batch["segment_ids"]).astype(jnp.int32),
         }
         if z_loss > 0:
             metrics["z_loss"] = sums["z_loss"] / weight
@@ -279,6 +283,9 @@ def make_configured_train_step(
     )
 
 
+EVAL_SUM_KEYS = ("loss_sum", "weight_sum", "bytes_sum")
+
+
 def make_eval_step(
     layout: StateLayout,
     objective: objectives.Objective,
@@ -306,7 +313,7 @@ def make_eval_step(
             sums = batch_sums(params, part, token_bytes_V)
             return jax.tree.map(jnp.add, totals, sums), None
 
-        zeros = {key: jnp.zeros((), jnp.float32) for key in ("loss_sum", "weight_sum", "bytes_sum")}
+        zeros = {key: jnp.zeros((), jnp.float32) for key in EVAL_SUM_KEYS}
         return jax.lax.scan(add_part, zeros, parts)[0]
 
     replicated = mesh_lib.replicated(batch_sharding.mesh)
@@ -318,21 +325,16 @@ def make_eval_step(
     return _with_axis_rules(jitted, batch_sharding.mesh, layout.rules)
 
 
-def evaluate(
+def evaluation_sums(
     eval_step: Callable[..., dict[str, jax.Array]],
     params: Any,
     batches: Iterable[dict[str, np.ndarray]],
     token_bytes_V: jax.Array,
     batch_sharding: NamedSharding,
     global_rows: int,
-    bits_per_byte: bool = True,
 ) -> dict[str, float]:
-    """Validation loss (nats/token), perplexity and bits per byte over `batches`.
-
-    `batches` are this process's parts of global batches of `global_rows` rows. Bits per byte
-    is left out when `bits_per_byte` is False: for objectives whose loss is not on the text
-    read left to right (`Objective.predicts_text`) it would measure nothing about the text.
-    """
+    """Summed `loss_sum`, `weight_sum` (target tokens) and `bytes_sum` over `batches`, this
+    process's parts of global batches of `global_rows` rows."""
     # Dispatch every batch before fetching: one host sync per eval, not one per batch.
     per_batch = [
         eval_step(
@@ -343,15 +345,68 @@ def evaluate(
         for batch in batches
     ]
     fetched = jax.device_get(per_batch)
-    totals = {
-        key: sum(float(sums[key]) for sums in fetched)
-        for key in ("loss_sum", "weight_sum", "bytes_sum")
-    }
-    if totals["weight_sum"] == 0:
+    return {key: sum(float(sums[key]) for sums in fetched) for key in EVAL_SUM_KEYS}
+
+
+def eval_metrics(
+    sums: Mapping[str, float], bits_per_byte: bool = True, prefix: str = "eval/"
+) -> dict[str, float]:
+    """Loss (nats per target token), perplexity and bits per byte from `evaluation_sums`.
+
+    Bits per byte is left out when `bits_per_byte` is False: for objectives whose loss is not on
+    the text read left to right (`Objective.predicts_text`) it would measure nothing about it.
+    """
+    if sums["weight_sum"] == 0:
         raise ValueError("the validation split produced no target tokens; prepare more data.")
-    loss = totals["loss_sum"] / totals["weight_sum"]
-    metrics = {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 700.0))}
+    loss = sums["loss_sum"] / sums["weight_sum"]
+    metrics = {f"{prefix}loss": loss, f"{prefix}perplexity": math.exp(min(loss, 700.0))}
     if bits_per_byte:
-        bits = totals["loss_sum"] / (math.log(2) * max(totals["bytes_sum"], 1.0))
-        metrics["eval/bits_per_byte"] = bits
+        bits = sums["loss_sum"] / (math.log(2) * max(sums["bytes_sum"], 1.0))
+        metrics[f"{prefix}bits_per_byte"] = bits
     return metrics
+
+
+def mixture_eval_metrics(
+    sums_by_source: Mapping[str, Mapping[str, float]],
+    token_shares: Mapping[str, float],
+    bits_per_byte: bool = True,
+) -> dict[str, float]:
+    """`eval/<source>/...` for every source, and `eval/...` for the training mixture.
+
+    Each source is evaluated on its own sample, so the overall figures weigh the sources by
+    their share of the training tokens, not by how many were evaluated: the loss is
+    sum_s share_s * loss_s (the expected loss per token of the mixture), and bits per byte
+    divides it by the mixture's bytes per token, sum_s share_s * bytes_s / tokens_s.
+    """
+    metrics: dict[str, float] = {}
+    for name, sums in sums_by_source.items():
+        metrics.update(eval_metrics(sums, bits_per_byte, prefix=f"eval/{name}/"))
+    total_share = sum(token_shares.get(name, 0.0) for name in sums_by_source)
+    if total_share <= 0:
+        raise ValueError(f"no training token share for the sources {sorted(sums_by_source)}.")
+    share = {name: token_shares.get(name, 0.0) / total_share for name in sums_by_source}
+    loss = sum(share[name] * metrics[f"eval/{name}/loss"] for name in sums_by_source)
+    metrics["eval/loss"] = loss
+    metrics["eval/perplexity"] = math.exp(min(loss, 700.0))
+    if bits_per_byte:
+        bytes_per_token = sum(
+            share[name] * sums["bytes_sum"] / sums["weight_sum"]
+            for name, sums in sums_by_source.items()
+        )
+        metrics["eval/bits_per_byte"] = loss / (math.log(2) * max(bytes_per_token, 1e-9))
+    return metrics
+
+
+def evaluate(
+    eval_step: Callable[..., dict[str, jax.Array]],
+    params: Any,
+    batches: Iterable[dict[str, np.ndarray]],
+    token_bytes_V: jax.Array,
+    batch_sharding: NamedSharding,
+    global_rows: int,
+    bits_per_byte: bool = True,
+) -> dict[str, float]:
+    """Validation loss (nats/token), perplexity and bits per byte over `batches` (see
+    `evaluation_sums` and `eval_metrics`)."""
+    sums = evaluation_sums(eval_step, params, batches, token_bytes_V, batch_sharding, global_rows)
+    return eval_metrics(sums, bits_per_byte)

@@ -9,14 +9,15 @@ import dataclasses
 import functools
 import json
 import os
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grain
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from jaxpretrain import checkpoint, flops, monitor, objectives, paths, recovery, sample, steps
 from jaxpretrain import config as config_lib
@@ -39,6 +40,8 @@ class Experiment:
     tokenizer: Tokenizer
     objective: objectives.Objective
     examples_fn: Callable[..., list[dict[str, np.ndarray]]]
+    # Packed validation batches by (source, num_streams), reused at every eval.
+    _eval_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     # The setup's parts, by the names the loop uses.
     mesh = property(lambda self: self.setup.mesh)
@@ -53,16 +56,78 @@ class Experiment:
         """Rows this process loads per batch: its data slot's share of the global batch."""
         return self.config.train.batch_size // self.setup.data_slot[1]
 
-    def eval_batches(self) -> Iterable[dict[str, np.ndarray]]:
+    def eval_sources(self) -> list[str]:
+        """The sources validated one by one: every source with validation documents, when the
+        data is a mixture of several (one source is simply the whole split)."""
+        sources = list(self.manifest.source_weights("validation"))
+        return sources if len(sources) > 1 else []
+
+    def eval_batches(
+        self, source: str | None = None, num_streams: int | None = None
+    ) -> list[dict[str, np.ndarray]]:
+        """This process's validation batches of `source` (None: the whole split), packed once
+        and kept for the run when `eval.steps` bounds them (-1, the whole split, is re-read).
+
+        `num_streams`: the run's data stream count (default one per data-loading process),
+        which fixes the rows of every step whatever the process count.
+        """
+        key = (source, num_streams)
+        if key in self._eval_cache:
+            return self._eval_cache[key]
         slot, slots = self.setup.data_slot
-        return pipeline.make_eval_batches(
+        batches = pipeline.make_eval_batches(
             self.manifest,
             examples_fn=self.examples_fn,
             seq_len=self.config.train.seq_len,
             batch_size_per_process=self.batch_size_per_process,
             num_batches=self.config.eval.steps,
+            source=source,
             process_index=slot,
             process_count=slots,
+            num_streams=num_streams,
+        )
+        if self.config.eval.steps == -1 and jax.process_count() > 1:
+            # Whole-split streams end at different lengths: every process must run the same
+            # number of eval steps (each is a collective), so the shorter ones pad.
+            counts = multihost_utils.process_allgather(np.int32(len(batches)))
+            padding = pipeline.padding_batch(
+                self.batch_size_per_process,
+                self.config.train.seq_len,
+                self.manifest.special_ids.pad,
+            )
+            batches = batches + [padding] * (int(np.max(counts)) - len(batches))
+        if self.config.eval.steps > 0:
+            self._eval_cache[key] = batches
+        return batches
+
+    def evaluate(
+        self,
+        eval_step: Callable[..., dict[str, jax.Array]],
+        params: Any,
+        token_bytes_V: jax.Array,
+        num_streams: int | None = None,
+    ) -> dict[str, float]:
+        """Validation metrics of `params`: overall, and per source for a mixture (each source
+        sampled on its own, `eval.steps` batches each; see `steps.mixture_eval_metrics`)."""
+        bits_per_byte = self.objective.predicts_text
+
+        def sums(source: str | None) -> dict[str, float]:
+            return steps.evaluation_sums(
+                eval_step,
+                params,
+                self.eval_batches(source, num_streams),
+                token_bytes_V,
+                self.batch_sharding,
+                self.config.train.batch_size,
+            )
+
+        sources = self.eval_sources()
+        if not sources:
+            return steps.eval_metrics(sums(None), bits_per_byte)
+        return steps.mixture_eval_metrics(
+            {source: sums(source) for source in sources},
+            self.manifest.token_shares("train"),
+            bits_per_byte,
         )
 
     def token_bytes(self) -> jax.Array:
@@ -169,7 +234,8 @@ def run_training(
     check_run = functools.partial(recovery.check_same_model, config, str(checkpointer.directory))
     try:
         restored = checkpointer.restore(exp.layout.abstract_state, check_run=check_run)
-        train_iter = train_iterator or exp.train_iterator(_num_streams(exp, restored))
+        num_streams = _num_streams(exp, restored)
+        train_iter = train_iterator or exp.train_iterator(num_streams)
         if restored is None:
             state = state_lib.init_state(exp.model_config, exp.tx, exp.layout, config.train.seed)
         else:
@@ -184,26 +250,22 @@ def run_training(
         config_lib.write_config_json(config, workdir)
 
     def run_eval(params) -> dict[str, float]:
-        return steps.evaluate(
-            eval_step,
-            params,
-            exp.eval_batches(),
-            token_bytes_V,
-            exp.batch_sharding,
-            config.train.batch_size,
-            bits_per_byte=exp.objective.predicts_text,
-        )
+        return exp.evaluate(eval_step, params, token_bytes_V, num_streams)
 
     # Records past the checkpoint (all of them without one) are about to be logged again.
+    config_json = json.loads(json.dumps(config.to_dict(), default=str))
     writer = monitor.create_writer(
-        workdir, is_primary, keep_records=restored.run["metrics_records"] if restored else 0
+        workdir,
+        is_primary,
+        keep_records=restored.run["metrics_records"] if restored else 0,
+        monitor_config=config.monitor,
+        run_config=config_json,
     )
     if restored is not None:
         logging.info("resumed from checkpoint at step %d", start_step)
         writer.write_event(
             start_step, "resume", {"processes": jax.process_count(), "devices": exp.mesh.size}
         )
-    config_json = json.loads(json.dumps(config.to_dict(), default=str))
 
     def save(step: int) -> None:
         run_info = {"config": config_json, "metrics_records": writer.records}
@@ -226,7 +288,7 @@ def run_training(
     pending: list[dict[str, jax.Array]] = []
     # Host-side token counts of the interval's batches: positions, non-pad, carrying loss.
     interval_tokens = np.zeros(3, np.int64)
-    interval_start, interval_steps = time.perf_counter(), 0
+    clock = monitor.TrainingClock()
     step, clock_step, preempted = start_step, start_step, False
     try:
         if start_step == 0 and config.eval.every > 0:
@@ -244,11 +306,11 @@ def run_training(
             )
             state, metrics = train_step(state, batch)
             pending.append(metrics)
-            interval_steps += 1
+            clock.count_step()
             if step == clock_step + 1:
                 # Exclude compilation from throughput: restart the clock after the first step.
                 jax.block_until_ready(metrics)
-                interval_start, interval_steps = time.perf_counter(), 0
+                clock.restart()
 
             is_last = step == config.train.steps
             preempted = checkpointer.preempted(step)  # every step, on every process
@@ -258,19 +320,29 @@ def run_training(
             # covers is lost to a stop after it.
             if step % config.train.log_every == 0 or save_due:
                 fetched = jax.device_get(pending)  # the only host sync of the interval
-                elapsed = time.perf_counter() - interval_start
+                elapsed, timed_steps = clock.seconds(), clock.steps
                 first_step = step - len(fetched) + 1
                 bad_step = anomaly_guard.review(first_step, fetched)
                 normal = [m for m in fetched if not int(m["anomaly"])] or fetched
-                tokens_per_second = (
-                    interval_steps * tokens_per_step / elapsed if interval_steps else 0.0
-                )
+                # The timed steps are the interval's last ones (the compiling step is not).
+                # With none timed (the interval held only that step), rates are unknown: null.
+                timed = fetched[len(fetched) - timed_steps :] if timed_steps else []
+                tokens_per_second = padded_tokens_per_second = model_flops_utilization = None
+                if timed:
+                    tokens_per_second = sum(int(m["tokens"]) for m in timed) / elapsed
+                    padded_tokens_per_second = timed_steps * tokens_per_step / elapsed
+                    model_flops_utilization = flops.mfu(
+                        tokens_per_second, flops_per_token, peak, exp.mesh.size
+                    )
                 scalars = {
                     "loss": float(np.mean([m["loss"] for m in normal])),
                     "learning_rate": float(fetched[-1]["learning_rate"]),
                     "grad_norm": float(np.mean([m["grad_norm"] for m in normal])),
+                    # Non-pad tokens per second of training (eval and saves excluded); MFU
+                    # counts the same tokens. The padded figure counts every row position.
                     "tokens_per_second": tokens_per_second,
-                    "mfu": flops.mfu(tokens_per_second, flops_per_token, peak, exp.mesh.size),
+                    "padded_tokens_per_second": padded_tokens_per_second,
+                    "mfu": model_flops_utilization,
                     # Share of row positions holding a token (packing) / carrying loss.
                     "packing_efficiency": float(interval_tokens[1] / interval_tokens[0]),
                     "loss_token_fraction": float(interval_tokens[2] / interval_tokens[0]),
@@ -279,11 +351,11 @@ def run_training(
                 if config.train.z_loss > 0:
                     scalars["z_loss"] = float(np.mean([m["z_loss"] for m in normal]))
                 if is_primary:
-                    steps_per_second = interval_steps / max(elapsed, 1e-9)
+                    steps_per_second = timed_steps / elapsed if timed_steps else None
                     progress.report(step, scalars["loss"], tokens_per_second, steps_per_second)
                 pending = []
                 interval_tokens[:] = 0
-                interval_start, interval_steps = time.perf_counter(), 0
+                clock.restart()
                 if bad_step is not None:
                     write(step, scalars)
                     anomaly_guard.count_rollback(bad_step)
@@ -305,14 +377,18 @@ def run_training(
                         step, state, clock_step = target.step, target.state, target.step
                         continue
             if config.eval.every > 0 and (step % config.eval.every == 0 or is_last):
-                scalars.update(run_eval(state["params"]))
+                jax.block_until_ready(state)  # the steps dispatched so far count as training
+                with clock.paused():
+                    scalars.update(run_eval(state["params"]))
                 logging.info("step %d: %s", step, {k: v for k, v in scalars.items() if "eval" in k})
             if scalars:
                 write(step, scalars)
             if preempted:
                 writer.write_event(step, "preempted", {})
             if save_due:
-                save(step)
+                jax.block_until_ready(state)
+                with clock.paused():
+                    save(step)
             if preempted:
                 logging.warning("saved checkpoint %d after a preemption signal; exiting", step)
                 break
@@ -363,21 +439,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
             f"no checkpoint in {checkpointer.directory}; train first (--mode=train)."
         )
     step, state = restored.step, restored.state
+    num_streams = _num_streams(exp, restored)
     eval_step = steps.make_eval_step(
         exp.layout,
         exp.objective,
         exp.batch_sharding,
         micro_steps=exp.config.train.grad_accum_steps,
     )
-    metrics = steps.evaluate(
-        eval_step,
-        state["params"],
-        exp.eval_batches(),
-        exp.token_bytes(),
-        exp.batch_sharding,
-        config.train.batch_size,
-        bits_per_byte=exp.objective.predicts_text,
-    )
+    metrics = exp.evaluate(eval_step, state["params"], exp.token_bytes(), num_streams)
     return {"step": step, **metrics}
 
 

@@ -36,7 +36,11 @@ def _document_tokens(index: int) -> np.ndarray:
     return tokens
 
 
-def _write_prepared(directory, num_documents: dict[str, int], num_shards: int = 3):
+def _write_prepared(
+    directory, num_documents: dict[str, int], num_shards: int = 3, shard_sources=("",) * 3
+):
+    """Prepared data of synthetic documents; shard k of every split belongs to source
+    `shard_sources[k]` ("" for an unnamed single source)."""
     directory.mkdir(parents=True, exist_ok=True)
     splits = {}
     first_index = 0
@@ -55,7 +59,9 @@ def _write_prepared(directory, num_documents: dict[str, int], num_shards: int = 
                 writer.write(record.astype("<i4").tobytes())
                 tokens += len(record)
             writer.close()
-            shards.append(manifest_lib.ShardInfo(filename, len(shard_indices), tokens))
+            shards.append(
+                manifest_lib.ShardInfo(filename, len(shard_indices), tokens, shard_sources[shard])
+            )
         splits[split] = manifest_lib.SplitInfo(tuple(shards))
     (directory / "tokenizer.model").write_bytes(b"unused by the loader")
     manifest_lib.write_manifest(
@@ -65,7 +71,10 @@ def _write_prepared(directory, num_documents: dict[str, int], num_shards: int = 
             vocab_size=1100,
             special_ids=_SPECIAL_IDS,
             splits=splits,
-            sources=({"name": "synthetic", "weight": 1.0, "documents": first_index},),
+            sources=tuple(
+                {"name": name or "synthetic", "weight": 1.0}
+                for name in dict.fromkeys(shard_sources)
+            ),
         )
     )
     return manifest_lib.read_manifest(directory)
@@ -273,18 +282,67 @@ def test_eval_completes_the_last_batch_with_padding_rows(manifest):
     assert np.all(last["loss_weights"][empty_rows] == 0)
 
 
-def test_eval_rows_are_split_between_processes(manifest):
-    whole = _eval_batches(manifest, batch_size_per_process=4)
+def test_eval_rows_are_the_same_on_one_process_or_two(manifest):
+    """Each process packs only its own streams' rows, and a step's rows depend on the streams,
+    not on the process count."""
+    whole = _eval_batches(manifest, batch_size_per_process=4, num_streams=2)
     halves = [
-        _eval_batches(manifest, batch_size_per_process=2, process_index=i, process_count=2)
+        _eval_batches(
+            manifest, batch_size_per_process=2, process_index=i, process_count=2, num_streams=2
+        )
         for i in range(2)
     ]
-    assert len(halves[0]) == len(halves[1]) == len(whole)
+    # With the whole split (-1) streams end apart: processes pad to the longest (train.py
+    # agrees on the count across processes), as one process running both streams does.
+    assert max(len(half) for half in halves) == len(whole)
+    halves = [
+        half + [pipeline.padding_batch(2, SEQ_LEN, PAD_ID)] * (len(whole) - len(half))
+        for half in halves
+    ]
     for batch, first, second in zip(whole, *halves, strict=True):
         for feature in pipeline.BATCH_FEATURES:
             np.testing.assert_array_equal(
                 batch[feature], np.concatenate([first[feature], second[feature]])
             )
+
+
+def _documents_in(batches) -> collections.Counter:
+    """The (inputs, targets) of every packed example of `batches`."""
+    return collections.Counter(
+        (tuple(batch["inputs"][row, columns]), tuple(batch["targets"][row, columns]))
+        for batch in batches
+        for row, _, columns in _segments(batch)
+    )
+
+
+def _examples_of(indices) -> collections.Counter:
+    return collections.Counter(
+        (tuple(example["inputs"]), tuple(example["targets"]))
+        for index in indices
+        for example in clm_examples(_document_tokens(index), None)
+    )
+
+
+def test_eval_of_one_source_reads_all_of_it_and_nothing_else(tmp_path):
+    mixture = _write_prepared(
+        tmp_path, {"train": 30, "validation": 12}, shard_sources=("a", "b", "b")
+    )
+    validation = list(range(30, 42))  # shard k holds documents validation[k::3]
+    assert _documents_in(_eval_batches(mixture, source="a")) == _examples_of(validation[0::3])
+    b_documents = validation[1::3] + validation[2::3]
+    assert _documents_in(_eval_batches(mixture, source="b")) == _examples_of(b_documents)
+    with pytest.raises(ValueError, match="source 'c' has no documents.*'a', 'b'"):
+        _eval_batches(mixture, source="c")
+
+
+def test_a_capped_eval_samples_the_whole_source_not_its_first_shard(tmp_path):
+    mixture = _write_prepared(tmp_path, {"train": 30, "validation": 60}, shard_sources="bbb")
+    # One batch holds a few documents: read in shard order they would all come from shard 0.
+    first = _documents_in(_eval_batches(mixture, source="b", num_batches=1))
+    shards_seen = {
+        shard for shard in range(3) if _examples_of(list(range(30, 90))[shard::3]) & first
+    }
+    assert len(shards_seen) >= 2
 
 
 def test_broken_examples_fn_is_a_clear_error(manifest):

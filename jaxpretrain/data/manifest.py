@@ -125,6 +125,21 @@ class Manifest:
             return {name: 1.0 / len(weights) for name in weights} if weights else {}
         return {name: weight / total for name, weight in weights.items()}
 
+    def token_shares(self, split: str = "train") -> dict[str, float]:
+        """{source: its share of the tokens the loader feeds}: its sampling weight times its
+        mean document length in `split`, normalised to sum to 1."""
+        documents: dict[str, int] = {}
+        tokens: dict[str, int] = {}
+        for shard in self.split(split).shards:
+            documents[shard.source] = documents.get(shard.source, 0) + shard.documents
+            tokens[shard.source] = tokens.get(shard.source, 0) + shard.tokens
+        raw = {
+            name: weight * tokens[name] / documents[name]
+            for name, weight in self.source_weights(split).items()
+        }
+        total = sum(raw.values())
+        return {name: value / total for name, value in raw.items()} if total > 0 else raw
+
     @property
     def manifest_path(self) -> str:
         return str(epath.Path(self.data_dir) / MANIFEST_FILENAME)

@@ -27,8 +27,7 @@ token with id 0 is never mistaken for padding.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -213,66 +212,123 @@ def make_eval_batches(
     batch_size_per_process: int,
     num_batches: int,
     split: str = "validation",
+    source: str | None = None,
     seed: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
+    num_streams: int | None = None,
     num_packing_bins: int | None = None,
     read_threads: int = 4,
-) -> Iterable[dict[str, np.ndarray]]:
-    """A finite, re-iterable sequence of packed eval batches, identical on every call.
+) -> list[dict[str, np.ndarray]]:
+    """This process's packed eval batches of one source (or of the whole split), identical on
+    every call.
 
-    Documents are read in order (no shuffle), once. Every process runs the same pipeline over the
-    whole split with a global batch of `batch_size_per_process * process_count` rows and keeps
-    its own rows, so all processes see the same number of batches (no host waits on another).
+    The documents are shuffled once with a fixed seed, so that a capped eval samples every shard
+    of the source rather than the first ones, and dealt to `num_streams` streams like the
+    training data (document i to stream i % S); this process packs only its own streams' rows.
+    The rows of every step are therefore the same on any process count dividing S, and no host
+    packs another host's rows. Every stream yields exactly `num_batches` batches, completed with
+    all-padding rows (pad ids, loss_weights 0, segment_ids 0) once its documents run out.
 
     Args:
-      num_batches: batches to yield; -1 means the whole split (the last one is completed with
-        all-padding rows: pad ids, loss_weights 0, segment_ids 0); 0 yields nothing.
-      seed: seeds `examples_fn`'s generator (per document, epoch 0), so stochastic objectives
-        are evaluated on the same examples every time.
+      num_batches: batches per stream; -1 packs all of the stream's documents (streams may then
+        end at different lengths: this process's are padded to its longest, and callers running
+        several processes must agree on a count, as `train.Experiment` does); 0 yields nothing.
+      source: a source name of the manifest; None evaluates every document of the split.
+      seed: the document shuffle's seed and `examples_fn`'s (per document, epoch 0), so
+        stochastic objectives are evaluated on the same examples every time.
+      num_streams: as in `make_train_iterator` (default: one per process).
       Other arguments as in `make_train_iterator`.
 
     Returns:
-      An iterable of dicts of numpy arrays [batch_size_per_process, seq_len] (BATCH_FEATURES).
+      A list of dicts of numpy arrays [batch_size_per_process, seq_len] (BATCH_FEATURES).
     """
     process_index, process_count = _process_slot(process_index, process_count)
     _check_sizes(seq_len, batch_size_per_process)
     if num_batches < -1:
         raise ValueError(f"num_batches={num_batches} is invalid; use -1 (whole split) or >= 0.")
+    num_streams = streams.resolve_num_streams(num_streams, process_count, batch_size_per_process)
     if num_batches == 0:
-        return ()
-    source = _open_split(manifest, split)
-    if len(source) == 0:
+        return []
+    documents = _open_split(manifest, split)
+    if len(documents) == 0:
         raise ValueError(
             f"Split {split!r} of {manifest.manifest_path} has no documents; prepare the data "
             "with a larger validation_fraction or disable eval."
         )
-    global_batch_size = batch_size_per_process * process_count
-    examples = (
-        grain.MapDataset.range(len(source))
-        .map_with_index(_WithEpoch(len(source)))  # every document once: epoch 0
-        .map(_DocumentToExamples(source, examples_fn, seq_len, seed))
-        .to_iter_dataset(_read_options(read_threads))
-    )
-    batches = pack_and_batch(
-        flatten.FlattenIterDataset(examples, max_consecutive_empty=None),
-        pad_id=manifest.special_ids.pad,
-        seq_len=seq_len,
-        rows_per_batch=global_batch_size,
-        num_packing_bins=num_packing_bins or global_batch_size,
-        drop_remainder=False,
-    ).map(
-        functools.partial(
-            _pad_rows_and_take_process_slice,
-            rows=global_batch_size,
-            first_row=process_index * batch_size_per_process,
-            num_rows=batch_size_per_process,
-            pad_id=manifest.special_ids.pad,
+    if source is None:
+        indices = grain.MapDataset.range(len(documents))
+    else:
+        by_source = _source_document_indices(manifest, split)
+        if source not in by_source:
+            raise ValueError(
+                f"source {source!r} has no documents in split {split!r} of "
+                f"{manifest.manifest_path}; its sources there: {sorted(by_source)}."
+            )
+        indices = by_source[source]
+    indices = indices.shuffle(seed)
+    streams_per_process = num_streams // process_count
+    rows_per_stream = batch_size_per_process // streams_per_process
+    first_stream = process_index * streams_per_process
+    per_stream = []
+    for stream in range(first_stream, first_stream + streams_per_process):
+        stream_indices = indices[stream::num_streams]
+        examples = (
+            stream_indices.map_with_index(_WithEpoch(max(len(stream_indices), 1)))  # epoch 0
+            .map(_DocumentToExamples(documents, examples_fn, seq_len, seed))
+            .to_iter_dataset(_read_options(read_threads))
         )
+        batches = pack_and_batch(
+            flatten.FlattenIterDataset(examples, max_consecutive_empty=None),
+            pad_id=manifest.special_ids.pad,
+            seq_len=seq_len,
+            rows_per_batch=rows_per_stream,
+            num_packing_bins=num_packing_bins or rows_per_stream,
+            drop_remainder=False,
+        )
+        if num_batches > 0:
+            batches = grain.experimental.LimitIterDataset(batches, count=num_batches)
+        per_stream.append(list(batches))
+    length = num_batches if num_batches > 0 else max(len(batches) for batches in per_stream)
+    return [
+        {
+            feature: np.concatenate(
+                [
+                    _padded_batch(
+                        batches, step, rows_per_stream, seq_len, manifest.special_ids.pad
+                    )[feature]
+                    for batches in per_stream
+                ]
+            )
+            for feature in BATCH_FEATURES
+        }
+        for step in range(length)
+    ]
+
+
+def padding_batch(rows: int, seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
+    """A batch of all-padding rows: no token, no loss (what a stream without documents left
+    contributes, and what a process pads its eval with to match the others' batch count)."""
+    return {
+        feature: np.full(
+            (rows, seq_len),
+            pad_id if feature in ("inputs", "targets") else 0,
+            np.float32 if feature == "loss_weights" else np.int32,
+        )
+        for feature in BATCH_FEATURES
+    }
+
+
+def _padded_batch(
+    batches: list[dict[str, np.ndarray]], step: int, rows: int, seq_len: int, pad_id: int
+) -> dict[str, np.ndarray]:
+    """Batch `step` of a stream, its short last batch completed with padding rows, or an
+    all-padding batch past the stream's end."""
+    if step >= len(batches):
+        return padding_batch(rows, seq_len, pad_id)
+    return _pad_rows_and_take_process_slice(
+        batches[step], rows=rows, first_row=0, num_rows=rows, pad_id=pad_id
     )
-    if num_batches > 0:
-        batches = grain.experimental.LimitIterDataset(batches, count=num_batches)
-    return batches
 
 
 def _process_slot(process_index: int | None, process_count: int | None) -> tuple[int, int]:
