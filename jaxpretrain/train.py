@@ -234,7 +234,10 @@ def run_training(
     check_run = functools.partial(recovery.check_same_model, config, str(checkpointer.directory))
     try:
         restored = checkpointer.restore(exp.layout.abstract_state, check_run=check_run)
-        num_streams = _num_streams(exp, restored)
+        # Another iterator's saved states are its own: the stream count then only shapes eval.
+        num_streams = (
+            _num_streams(exp, restored) if own_pipeline else config.data.num_streams or None
+        )
         train_iter = train_iterator or exp.train_iterator(num_streams)
         if restored is None:
             state = state_lib.init_state(exp.model_config, exp.tx, exp.layout, config.train.seed)
@@ -248,24 +251,27 @@ def run_training(
     is_primary = jax.process_index() == 0
     if is_primary:  # one writer: every host shares the workdir; after the model check passed
         config_lib.write_config_json(config, workdir)
+        # The workdir carries its tokenizer: loading or exporting the model needs no data folder.
+        tokenizer_copy = paths.resolve(workdir) / "tokenizer.model"
+        if not tokenizer_copy.exists():
+            paths.write_bytes_atomic(tokenizer_copy, exp.tokenizer.serialized_model)
 
     def run_eval(params) -> dict[str, float]:
         return exp.evaluate(eval_step, params, token_bytes_V, num_streams)
 
     # Records past the checkpoint (all of them without one) are about to be logged again.
     config_json = json.loads(json.dumps(config.to_dict(), default=str))
-    writer = monitor.create_writer(
-        workdir,
-        is_primary,
-        keep_records=restored.run["metrics_records"] if restored else 0,
-        monitor_config=config.monitor,
-        run_config=config_json,
-    )
-    if restored is not None:
-        logging.info("resumed from checkpoint at step %d", start_step)
-        writer.write_event(
-            start_step, "resume", {"processes": jax.process_count(), "devices": exp.mesh.size}
+    try:
+        writer = monitor.create_writer(
+            workdir,
+            is_primary,
+            keep_records=restored.run["metrics_records"] if restored else 0,
+            monitor_config=config.monitor,
+            run_config=config_json,
         )
+    except BaseException:
+        checkpointer.close()
+        raise
 
     def save(step: int) -> None:
         run_info = {"config": config_json, "metrics_records": writer.records}
@@ -291,6 +297,11 @@ def run_training(
     clock = monitor.TrainingClock()
     step, clock_step, preempted = start_step, start_step, False
     try:
+        if restored is not None:
+            logging.info("resumed from checkpoint at step %d", start_step)
+            writer.write_event(
+                start_step, "resume", {"processes": jax.process_count(), "devices": exp.mesh.size}
+            )
         if start_step == 0 and config.eval.every > 0:
             write(0, run_eval(state["params"]))
         while step < config.train.steps:
@@ -393,8 +404,10 @@ def run_training(
                 logging.warning("saved checkpoint %d after a preemption signal; exiting", step)
                 break
     finally:
-        writer.close()
-        checkpointer.close()  # waits for the last save: a preemption's must be on storage
+        try:
+            writer.close()
+        finally:
+            checkpointer.close()  # waits for the last save: a preemption's must be on storage
     return TrainResult(exp, state, history, preempted=preempted)
 
 
@@ -439,7 +452,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
             f"no checkpoint in {checkpointer.directory}; train first (--mode=train)."
         )
     step, state = restored.step, restored.state
-    num_streams = _num_streams(exp, restored)
+    saved_streams = streams.merge_stream_states(restored.data_states)["num_streams"]
+    # The run's rows when this process count can run its streams; else this setup's own.
+    num_streams = saved_streams if saved_streams % exp.setup.data_slot[1] == 0 else None
     eval_step = steps.make_eval_step(
         exp.layout,
         exp.objective,
