@@ -259,7 +259,13 @@ class Checkpointer:
             target,
         )
         if jax.process_index() == 0:
-            paths.move(self.directory / str(step), target / f"{step}-{int(time.time())}")
+            paths.move(
+                self.directory / str(step),
+                target / f"{step}-{int(time.time())}",
+                # On object stores Orbax counts a step as finished by its commit file: remove it
+                # first, so a move cut short leaves a step Orbax ignores, never a torn one.
+                delete_first=("commit_success.txt",),
+            )
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
         self._manager.reload()

@@ -169,7 +169,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.monitor = ml_collections.ConfigDict()
     # A remote workdir (gs://) gets its metric files uploaded at least this often.
     c.monitor.remote_sync_seconds = 60.0
-    # Weights & Biases, optional (pip install wandb). The run id is derived from the workdir,
+    # Weights & Biases, optional (pip install wandb). The run id is kept in WORKDIR/wandb_run_id,
     # so a resumed run continues the same W&B run; the x axis is the `step` metric.
     c.monitor.wandb = ml_collections.ConfigDict()
     c.monitor.wandb.enabled = False

@@ -283,8 +283,8 @@ def search_fit(
 
 
 def measured_mfu(workdir: str | os.PathLike) -> tuple[float, str]:
-    """The median logged `mfu` of a run (its first interval includes compilation: the median
-    ignores it) and a note saying where it came from.
+    """The median logged `mfu` of a run (over non-padding tokens; intervals holding only a
+    compiling step log null and are skipped) and a note saying where it came from.
 
     Raises:
       ValueError: the run logged no MFU (null on devices without a known peak, e.g. CPU).

@@ -11,7 +11,6 @@ are written with the `tensorboard` package's own event writer instead.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -19,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
@@ -112,10 +112,10 @@ class TensorBoardWriter:
 class WandbWriter:
     """Scalars and events to a Weights & Biases run (`monitor.wandb.*` in the config).
 
-    The run id is a hash of the workdir, so a resumed run (`resume="allow"`) continues the same
-    W&B run. Every metric is plotted against a logged `step` metric rather than W&B's own step,
-    which must only increase: after a resume or a rollback a step is logged again, as in
-    metrics.jsonl, instead of being dropped. Events are `events/<name>` = 1 at their step.
+    The run id is kept in WORKDIR/wandb_run_id, so a resumed run (`resume="allow"`) continues
+    the same W&B run. Every metric is plotted against a logged `step` metric rather than W&B's
+    own step, which must only increase: after a resume or a rollback a step is logged again, as
+    in metrics.jsonl, instead of being dropped. Events are `events/<name>` = 1 at their step.
     W&B's files go to the workdir, or to a local folder for a remote workdir.
     """
 
@@ -128,12 +128,22 @@ class WandbWriter:
             if paths.is_remote(workdir)
             else os.fspath(resolved)
         )
+        if paths.is_remote(workdir):
+            logging.info("Weights & Biases files of this run: %s", local_dir)
         tags = [tag.strip() for tag in settings.tags.split(",") if tag.strip()]
+        # A random id kept in the workdir: a resume continues the run, and a new run in a
+        # reused folder path is told apart only by deleting the workdir (as for checkpoints).
+        id_file = resolved / "wandb_run_id"
+        if id_file.exists():
+            run_id = id_file.read_text().strip()
+        else:
+            run_id = uuid.uuid4().hex[:16]
+            paths.write_text_atomic(id_file, run_id)
         self._run = wandb.init(
             project=settings.project,
             entity=settings.entity or None,
             name=settings.name or resolved.name,
-            id=hashlib.sha256(os.fspath(resolved).encode()).hexdigest()[:16],
+            id=run_id,
             resume="allow",
             dir=local_dir,
             config=dict(run_config),
@@ -184,9 +194,21 @@ class RemoteMirror:
         self._last_sync = time.monotonic()
         for name, path in paths.files_under(self.local_dir):
             stat = os.stat(path)
-            if self._uploaded.get(name) != (stat.st_size, stat.st_mtime_ns):
+            if self._uploaded.get(name) == (stat.st_size, stat.st_mtime_ns):
+                continue
+            try:
                 (self.remote_dir / name).write_bytes(path.read_bytes())
-                self._uploaded[name] = (stat.st_size, stat.st_mtime_ns)
+            except Exception as error:  # noqa: BLE001 - any storage failure
+                # Only process 0 uploads: raising would stop it alone while the other hosts
+                # wait in the next collective. The file is complete locally; try again later.
+                logging.warning(
+                    "could not upload %s to %s (%s); retrying at the next sync",
+                    name,
+                    self.remote_dir,
+                    error,
+                )
+                continue
+            self._uploaded[name] = (stat.st_size, stat.st_mtime_ns)
 
     def close(self) -> None:
         self.sync(force=True)
@@ -221,10 +243,17 @@ class MultiWriter:
         return sum(getattr(writer, "records", 0) for writer in self._writers)
 
     def close(self) -> None:
-        for writer in self._writers:
-            writer.close()
-        if self._mirror is not None:
-            self._mirror.close()
+        """Closes every writer, then uploads; the first failure is raised after all ran."""
+        failures = []
+        for close in [writer.close for writer in self._writers] + (
+            [self._mirror.close] if self._mirror is not None else []
+        ):
+            try:
+                close()
+            except Exception as error:  # noqa: BLE001 - the others must still close
+                failures.append(error)
+        if failures:
+            raise failures[0]
 
 
 def create_writer(
@@ -255,7 +284,11 @@ def create_writer(
         TensorBoardWriter(os.fspath(logdir)),
     ]
     if monitor_config is not None and monitor_config.wandb.enabled:
-        writers.append(WandbWriter(monitor_config.wandb, workdir, run_config or {}))
+        try:
+            writers.append(WandbWriter(monitor_config.wandb, workdir, run_config or {}))
+        except Exception as error:  # noqa: BLE001 - W&B's own failures (network, login)
+            # Process 0 alone would stop while the others wait; metrics.jsonl has everything.
+            logging.warning("Weights & Biases is off for this run: %s", error)
     return MultiWriter(writers, mirror)
 
 

@@ -1,4 +1,4 @@
-"""Workdir and data paths, local or remote (gs://, s3://), through one library: etils.epath.
+"""Workdir and data paths, local or gs://, through one library: etils.epath.
 
 epath is what Orbax uses; for URLs it goes through fsspec (gcsfs for gs://) when TensorFlow is
 absent. Object stores differ from a disk in three ways the helpers here account for: there are no
@@ -20,7 +20,7 @@ for _protocol in ("gs", "s3"):
 
 
 def is_remote(path: str | os.PathLike) -> bool:
-    """True for a URL (gs://bucket/run, s3://...), false for a local path."""
+    """True for a URL (gs://bucket/run), false for a local path."""
     return "://" in os.fspath(path)
 
 
@@ -51,11 +51,16 @@ def write_text_atomic(path: epath.Path, text: str) -> None:
 
     An object store's write is already all or nothing; on a disk, a temporary file is renamed.
     """
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: epath.Path, data: bytes) -> None:
+    """`write_text_atomic` for bytes."""
     if is_remote(path):
-        path.write_text(text)
+        path.write_bytes(data)
         return
     temporary = path.parent / f"{path.name}.tmp"
-    temporary.write_text(text)
+    temporary.write_bytes(data)
     temporary.replace(path)
 
 
@@ -78,9 +83,11 @@ def files_under(root: epath.Path) -> list[tuple[str, epath.Path]]:
     return sorted(found)
 
 
-def move(source: epath.Path, target: epath.Path) -> None:
+def move(source: epath.Path, target: epath.Path, delete_first: tuple[str, ...] = ()) -> None:
     """Moves a file or a directory tree; `target` must not exist. On object stores every object
-    is copied server side (no data passes through this host), then the source is deleted."""
+    is copied server side (no data passes through this host), then the source is deleted, the
+    files named in `delete_first` (relative paths) before the rest: what marks the tree as
+    complete goes first, so a move cut short leaves a tree that is visibly incomplete."""
     if not is_remote(source):
         target.parent.mkdir(parents=True, exist_ok=True)
         source.rename(target)
@@ -88,9 +95,13 @@ def move(source: epath.Path, target: epath.Path) -> None:
     filesystem, source_path = fsspec.core.url_to_fs(os.fspath(source))
     _, target_path = fsspec.core.url_to_fs(os.fspath(target))
     if filesystem.isdir(source_path):
-        for relative, path in files_under(source):
+        files = files_under(source)
+        for relative, path in files:
             _, path_in_fs = fsspec.core.url_to_fs(os.fspath(path))
             filesystem.copy(path_in_fs, f"{target_path}/{relative}")
+        for relative, _ in files:
+            if relative in delete_first:
+                filesystem.rm(f"{source_path}/{relative}")
         filesystem.rm(source_path, recursive=True)
     else:
         filesystem.mv(source_path, target_path)

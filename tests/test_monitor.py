@@ -59,3 +59,19 @@ def test_tensorboard_events_are_readable(tmp_path):
     accumulator = event_accumulator.EventAccumulator(str(tmp_path))
     accumulator.Reload()
     assert [(e.step, e.value) for e in accumulator.Scalars("loss")] == [(5, 1.25)]
+
+
+def test_a_failed_upload_is_retried_at_the_next_sync_not_raised(tmp_path, caplog):
+    """Only process 0 uploads metrics: an error there must not stop it alone mid-run."""
+    from etils import epath
+
+    remote = tmp_path / "bucket"
+    remote.write_text("")  # a file where the folder should be: every upload fails
+    mirror = monitor.RemoteMirror(epath.Path(remote), every_seconds=0)
+    (mirror.local_dir / "metrics.jsonl").write_text('{"step": 1}\n')
+    mirror.sync(force=True)
+    assert "could not upload metrics.jsonl" in caplog.text
+    remote.unlink()
+    remote.mkdir()
+    mirror.close()
+    assert (remote / "metrics.jsonl").read_text() == '{"step": 1}\n'

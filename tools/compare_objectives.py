@@ -152,7 +152,7 @@ def summarize_metrics(records: list[dict]) -> dict[str, float | None]:
 
     Each logged record covers the steps since the previous one; shares are averaged weighted by
     those step counts, and tokens/s is total tokens over total time (intervals holding only the
-    compilation step log 0 and are left out).
+    compilation step log null and are left out).
     """
 
     def logged(key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -127,7 +127,8 @@ class Manifest:
 
     def token_shares(self, split: str = "train") -> dict[str, float]:
         """{source: its share of the tokens the loader feeds}: its sampling weight times its
-        mean document length in `split`, normalised to sum to 1."""
+        mean document length in `split`, normalised to sum to 1 (tokens an objective adds per
+        document, such as BOS/EOS, are left out: a relative error of about 1/mean length)."""
         documents: dict[str, int] = {}
         tokens: dict[str, int] = {}
         for shard in self.split(split).shards:
