@@ -2,6 +2,7 @@
 
     python tools/benchmark.py train --config=configs/tiny_clm.py --steps=20
     python tools/benchmark.py data --documents=2000
+    python tools/benchmark.py matmul --matmul_size=8192   # the device's bf16 matmul FLOP/s
 
     # a mesh on 8 fake CPU devices (correctness scale, not speed):
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tools/benchmark.py train \
@@ -17,6 +18,7 @@ prose documents of the embedded stdlib corpus. Timings are never asserted in tes
 from __future__ import annotations
 
 import datetime
+import json
 import platform
 import sys
 import time
@@ -35,6 +37,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 _DOCUMENTS = flags.DEFINE_integer("documents", 2000, "data: documents timed per block.")
+_JSON = flags.DEFINE_bool("json", False, "train: print the figures as one JSON line.")
+_MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 8192, "matmul: square matrix size.")
 
 
 def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int) -> dict:
@@ -78,6 +82,14 @@ def benchmark_train(config) -> dict[str, float]:
         state, metrics = step_fn(state, batch)
     jax.block_until_ready(metrics)
     seconds_per_step = (time.perf_counter() - start) / _STEPS.value
+    # Then each step on its own (a host sync apiece) for the spread: the figures above are from
+    # back-to-back steps, as training runs them.
+    single_steps = []
+    for _ in range(min(_STEPS.value, 10)):
+        begin = time.perf_counter()
+        state, metrics = step_fn(state, batch)
+        jax.block_until_ready(metrics)
+        single_steps.append(time.perf_counter() - begin)
 
     tokens_per_second = config.train.batch_size * config.train.seq_len / seconds_per_step
     peak = flops.peak_flops_per_device(jax.devices()[0], config.train.peak_tflops_per_device)
@@ -94,10 +106,37 @@ def benchmark_train(config) -> dict[str, float]:
         "params_m": sum(x.size for x in jax.tree.leaves(state["params"])) / 1e6,
         "compile_s": compile_seconds,
         "step_ms": seconds_per_step * 1e3,
+        "step_ms_median": float(np.median(single_steps)) * 1e3,
+        "step_ms_min": min(single_steps) * 1e3,
+        "step_ms_max": max(single_steps) * 1e3,
+        "flops_per_token": flops_per_token,
+        "device_kind": jax.devices()[0].device_kind,
         "tokens_per_second": tokens_per_second,
         "mfu": flops.mfu(tokens_per_second, flops_per_token, peak, mesh.size),
         "peak_memory_gib": memory.get("peak_bytes_in_use", float("nan")) / 2**30,
         "loss": float(jnp.asarray(metrics["loss"])),
+    }
+
+
+def benchmark_matmul(size: int, repeats: int = 10) -> dict[str, float]:
+    """The bf16 matmul FLOP/s this device reaches on [size, size] x [size, size]: the practical
+    ceiling MFU is read against beside the spec sheet's peak."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.bfloat16)
+    matmul = jax.jit(lambda x, y: x @ y)
+    matmul(a, b).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = matmul(a, b)
+    out.block_until_ready()
+    seconds = (time.perf_counter() - start) / repeats
+    peak = flops.peak_flops_per_device(jax.devices()[0])
+    achieved = 2 * size**3 / seconds
+    return {
+        "size": size,
+        "tflops": achieved / 1e12,
+        "spec_tflops": None if peak is None else peak / 1e12,
+        "device_kind": jax.devices()[0].device_kind,
     }
 
 
@@ -209,11 +248,20 @@ def main(argv: list[str]) -> None:
                 f"{mb_per_second:.2f} |"
             )
         return
+    if len(argv) == 2 and argv[1] == "matmul":
+        print(json.dumps(benchmark_matmul(_MATMUL_SIZE.value)))
+        return
     if len(argv) != 2 or argv[1] != "train":
-        raise app.UsageError("usage: benchmark.py train --config=CONFIG | data [--documents=N]")
+        raise app.UsageError(
+            "usage: benchmark.py train --config=CONFIG [--json] | data [--documents=N] | "
+            "matmul [--matmul_size=N]"
+        )
     if _CONFIG.value is None:
         raise app.UsageError("benchmark.py train needs --config=CONFIG.")
     result = benchmark_train(_CONFIG.value)
+    if _JSON.value:
+        print(json.dumps(result))
+        return
     device = f"{jax.device_count()}x {jax.devices()[0].device_kind} ({platform.machine()})"
     mfu = "n/a" if result["mfu"] is None else f"{100 * result['mfu']:.1f}%"
     command = " ".join(["python tools/benchmark.py", *sys.argv[1:]])

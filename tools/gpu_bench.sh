@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# The one prepared GPU measurement (issue 11): our train step beside a torch.compile'd PyTorch
+# model of the same shapes (tools/torch_baseline.py), at 124M and 350M (and 1.3B with --with-1b),
+# on one GPU in one call, then the comparison table, last. About 6 minutes on an H100.
+#
+#   tools/fetch_gpu_wheels.sh                  # here, once: wheels the GPU image lacks -> .whl/
+#   tools/gpu_bench.sh [--with-1b] [--steps=N] # there: device `run`, carry [".whl"]
+#   tools/gpu_bench.sh --cpu-smoke             # the same script on tiny shapes on CPU (CI)
+#
+# Each model is timed by `tools/benchmark.py train --json` and `tools/torch_baseline.py --json`;
+# JSON lines go to $OUT/gpu_bench.jsonl when OUT is set (the device tool brings it back).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=gpu
+with_1b=0
+steps=20
+for arg in "$@"; do
+  case "$arg" in
+    --cpu-smoke) mode=cpu ;;
+    --with-1b) with_1b=1 ;;
+    --steps=*) steps="${arg#--steps=}" ;;
+    *)
+      echo "usage: tools/gpu_bench.sh [--cpu-smoke] [--with-1b] [--steps=N]" >&2
+      exit 2
+      ;;
+  esac
+done
+
+PYTHON=${PYTHON:-python3}
+if [ "$mode" = gpu ] && compgen -G ".whl/*.whl" >/dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+results=$(mktemp)
+trap 'rm -f "$results" "$results.matmul"' EXIT
+
+if [ "$mode" = gpu ]; then
+  "$PYTHON" -c "import jax; d = jax.devices()[0]; assert d.platform == 'gpu', d; print(jax.__version__, d.device_kind)"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  configs=(configs/clm_124m.py configs/clm_350m.py)
+  [ "$with_1b" = 1 ] && configs+=(configs/clm_1b.py)
+  overrides=()
+  torch_device=(--device=cuda)
+  warmup=3
+else
+  export JAX_PLATFORMS=cpu
+  configs=(configs/tiny_clm.py)
+  overrides=(--config.train.batch_size=2 --config.train.seq_len=64)
+  torch_device=(--device=cpu --no-compile)
+  steps=2
+  warmup=1
+fi
+
+# The baseline's flags, from the same config (shapes, batch, tying) as ours.
+torch_flags() {
+  "$PYTHON" - "$1" "${overrides[@]}" <<'PY'
+import sys
+
+from jaxpretrain import config as config_lib
+
+config = config_lib.load_config_file(sys.argv[1])
+for override in sys.argv[2:]:
+    key, value = override.removeprefix("--config.").split("=")
+    section, name = key.split(".")
+    config[section][name] = type(config[section][name])(value)
+m, t = config.model, config.train
+print(
+    f"--layers={m.num_layers} --dim={m.embed_dim} --heads={m.num_heads} "
+    f"--kv_heads={m.num_kv_heads} --head_dim={m.head_dim} --mlp_dim={m.mlp_dim} "
+    f"--vocab={config_lib.resolve_vocab_size(config, None)} --seq_len={t.seq_len} "
+    f"--batch={t.batch_size} "
+    f"{'--tie' if m.tie_embeddings else '--no-tie'}"
+)
+PY
+}
+
+matmul_size=8192
+[ "$mode" = cpu ] && matmul_size=256
+"$PYTHON" tools/benchmark.py matmul --matmul_size="$matmul_size" >"$results.matmul"
+
+for config in "${configs[@]}"; do
+  name=$(basename "$config" .py)
+  echo "== $name: jaxpretrain" >&2
+  ours=$("$PYTHON" tools/benchmark.py train --config="$config" "${overrides[@]}" \
+    --steps="$steps" --warmup="$warmup" --json | tail -n 1)
+  echo "{\"model\": \"$name\", \"side\": \"jaxpretrain\", \"result\": $ours}" >>"$results"
+  echo "== $name: torch baseline" >&2
+  # shellcheck disable=SC2046  # the flags are words on purpose
+  theirs=$("$PYTHON" tools/torch_baseline.py $(torch_flags "$config") "${torch_device[@]}" \
+    --steps="$steps" --warmup="$warmup" --json | tail -n 1)
+  echo "{\"model\": \"$name\", \"side\": \"torch\", \"result\": $theirs}" >>"$results"
+done
+
+if [ -n "${OUT:-}" ]; then
+  cat "$results.matmul" "$results" >"$OUT/gpu_bench.jsonl"
+fi
+
+"$PYTHON" - "$results" <<'PY'
+import json
+import sys
+
+rows = [json.loads(line) for line in open(sys.argv[1])]
+matmul = json.loads(open(sys.argv[1] + ".matmul").read())
+spec = matmul["spec_tflops"]
+print(
+    f"{matmul['device_kind']}: bf16 matmul {matmul['size']}^3 reaches {matmul['tflops']:.3g} "
+    f"TFLOP/s (spec sheet: {'unknown' if spec is None else f'{spec:.0f}'}); MFU below is "
+    "against the spec sheet's dense bf16 peak"
+)
+by_model = {}
+for row in rows:
+    by_model.setdefault(row["model"], {})[row["side"]] = row["result"]
+
+
+def percent(value):
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def gib(value):
+    return "n/a" if value is None or value != value else f"{value:.1f} GiB"
+
+
+print("| model | ours tok/s | ours MFU | torch tok/s | torch MFU | ours / torch | ours step (median, min-max) | ours mem | torch mem | ours compile |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+for model, sides in by_model.items():
+    ours, torch = sides["jaxpretrain"], sides["torch"]
+    ratio = ours["tokens_per_second"] / torch["tokens_per_second"]
+    print(
+        f"| {model} | {ours['tokens_per_second']:,.0f} | {percent(ours['mfu'])} | "
+        f"{torch['tokens_per_second']:,.0f} | {percent(torch.get('mfu'))} | {ratio:.2f}x | "
+        f"{ours['step_ms_median']:.1f} ms ({ours['step_ms_min']:.1f}-{ours['step_ms_max']:.1f}) | "
+        f"{gib(ours['peak_memory_gib'])} | {gib(torch.get('peak_memory_gib'))} | "
+        f"{ours['compile_s']:.0f} s |"
+    )
+PY
