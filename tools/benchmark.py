@@ -3,6 +3,8 @@
     python tools/benchmark.py train --config=configs/tiny_clm.py --steps=20
     python tools/benchmark.py data --documents=2000
     python tools/benchmark.py matmul --matmul_size=8192   # the device's bf16 matmul FLOP/s
+    python tools/benchmark.py loop --config=configs/tiny_clm.py --steps=20 --documents=400
+    python tools/benchmark.py checkpoint --config=configs/tiny_clm.py
 
     # a mesh on 8 fake CPU devices (correctness scale, not speed):
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tools/benchmark.py train \
@@ -36,7 +38,9 @@ from jaxpretrain.model.pipeline import bubble_fraction
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
-_DOCUMENTS = flags.DEFINE_integer("documents", 2000, "data: documents timed per block.")
+_DOCUMENTS = flags.DEFINE_integer(
+    "documents", 2000, "data: documents timed per block; loop: documents prepared."
+)
 _JSON = flags.DEFINE_bool("json", False, "train: print the figures as one JSON line.")
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 8192, "matmul: square matrix size.")
 
@@ -115,6 +119,74 @@ def benchmark_train(config) -> dict[str, float]:
         "mfu": flops.mfu(tokens_per_second, flops_per_token, peak, mesh.size),
         "peak_memory_gib": memory.get("peak_bytes_in_use", float("nan")) / 2**30,
         "loss": float(jnp.asarray(metrics["loss"])),
+    }
+
+
+def benchmark_loop(config) -> dict[str, float]:
+    """The trainer's own loop (the grain loader on prepared data, logging, asynchronous
+    checkpoints every few steps) beside the bare step at the same shapes.
+
+    The loop's figure is the median of its logged `padded_tokens_per_second` (every row
+    position, as the bare step counts): training time with the loader and logging in it, and
+    the time `checkpoint` measures (a save blocking the loop) left out.
+    """
+    import tempfile
+
+    from jaxpretrain import train
+    from jaxpretrain.curate import prepare
+    from jaxpretrain.metrics_log import read as read_metrics
+
+    bare = benchmark_train(config)
+    loop_config = config.copy_and_resolve_references()
+    steps_total = _WARMUP.value + _STEPS.value
+    loop_config.train.steps = steps_total
+    loop_config.train.log_every = max(1, _STEPS.value // 4)
+    loop_config.eval.every = 0
+    loop_config.checkpoint.every = max(1, steps_total // 2)
+    with tempfile.TemporaryDirectory() as root:
+        prepare.prepare(
+            f"{root}/data",
+            config.data.source,
+            vocab_size=config.data.vocab_size,
+            max_documents=_DOCUMENTS.value,
+            progress=False,
+        )
+        loop_config.data.dir = f"{root}/data"
+        train.train_and_evaluate(loop_config, f"{root}/run")
+        loop_rate = read_metrics(f"{root}/run").median("padded_tokens_per_second")
+    return {
+        "bare_tokens_per_second": bare["tokens_per_second"],
+        "loop_tokens_per_second": loop_rate,
+        "ratio": loop_rate / bare["tokens_per_second"],
+        "device_kind": bare["device_kind"],
+    }
+
+
+def benchmark_checkpoint(config) -> dict[str, float]:
+    """How long an asynchronous save blocks the loop (arrays copied off the device) and how long
+    it takes to be on disk, for the config's train state; the second of two saves."""
+    import tempfile
+
+    from jaxpretrain import checkpoint
+
+    setup = state_lib.setup(config)
+    state = state_lib.init_state(setup.model_config, setup.tx, setup.layout, config.train.seed)
+    jax.block_until_ready(state)
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    with tempfile.TemporaryDirectory() as root:
+        checkpointer = checkpoint.Checkpointer(f"{root}/checkpoints", max_to_keep=2)
+        for step in (1, 2):
+            start = time.perf_counter()
+            checkpointer.save(step, state, {"position": step}, {"metrics_records": 0})
+            blocked = time.perf_counter() - start
+            checkpointer.wait()
+            written = time.perf_counter() - start
+        checkpointer.close()
+    return {
+        "state_gib": state_bytes / 2**30,
+        "blocked_s": blocked,
+        "written_s": written,
+        "device_kind": jax.devices()[0].device_kind,
     }
 
 
@@ -248,13 +320,19 @@ def main(argv: list[str]) -> None:
                 f"{mb_per_second:.2f} |"
             )
         return
+    if len(argv) == 2 and argv[1] in ("loop", "checkpoint"):
+        if _CONFIG.value is None:
+            raise app.UsageError(f"benchmark.py {argv[1]} needs --config=CONFIG.")
+        measure = benchmark_loop if argv[1] == "loop" else benchmark_checkpoint
+        print(json.dumps(measure(_CONFIG.value)))
+        return
     if len(argv) == 2 and argv[1] == "matmul":
         print(json.dumps(benchmark_matmul(_MATMUL_SIZE.value)))
         return
     if len(argv) != 2 or argv[1] != "train":
         raise app.UsageError(
-            "usage: benchmark.py train --config=CONFIG [--json] | data [--documents=N] | "
-            "matmul [--matmul_size=N]"
+            "usage: benchmark.py train --config=CONFIG [--json] | loop --config=CONFIG | "
+            "checkpoint --config=CONFIG | data [--documents=N] | matmul [--matmul_size=N]"
         )
     if _CONFIG.value is None:
         raise app.UsageError("benchmark.py train needs --config=CONFIG.")
