@@ -33,8 +33,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxpretrain import cli, objectives, steps, train
 from jaxpretrain import config as config_lib
-from jaxpretrain import objectives, steps, train
 from jaxpretrain.curate import prepare
 from jaxpretrain.data import pipeline
 
@@ -432,21 +432,6 @@ def plot_curves(comparison: dict, path: str) -> None:
     plt.close(figure)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """Parses this tool's flags, with one-line errors."""
-    if {"-h", "--help", "--helpfull"} & set(argv):
-        print(__doc__ + "\n" + _FLAGS.get_help())
-        sys.exit(0)
-    try:
-        rest = _FLAGS(argv)
-    except (AttributeError, KeyError) as error:  # a --config.KEY override naming no key
-        sys.exit(f"error: a --config.* override names no config key ({error}).")
-    except flags.Error as error:
-        sys.exit(f"error: {error}")
-    flags.FLAGS.mark_as_parsed()  # absl's own flags keep their defaults
-    return rest
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE.")
@@ -465,4 +450,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.tool_flags_parser(_FLAGS, __doc__))

@@ -24,6 +24,8 @@ import sys
 
 from absl import app, flags
 
+from jaxpretrain import cli
+
 # Flags live in their own FlagValues: jaxpretrain.main (imported for its launch detection)
 # defines --workdir and --config in absl's global FLAGS.
 _FLAGS = flags.FlagValues()
@@ -65,19 +67,6 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """Parses this tool's flags, with one-line errors."""
-    if {"-h", "--help", "--helpfull"} & set(argv):
-        print(__doc__ + "\n" + _FLAGS.get_help())
-        sys.exit(0)
-    try:
-        rest = _FLAGS(argv)
-    except flags.Error as error:
-        sys.exit(f"error: {error}")
-    flags.FLAGS.mark_as_parsed()  # absl's own flags keep their defaults
-    return rest
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}.")
@@ -110,4 +99,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.tool_flags_parser(_FLAGS, __doc__))

@@ -19,6 +19,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from jaxpretrain import cli
+
 # Flags live in their own FlagValues: jaxpretrain.main (imported for its launch detection)
 # defines --workdir and --config in absl's global FLAGS.
 _FLAGS = flags.FlagValues()
@@ -30,21 +32,6 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "New run directory (local or gs://).", flag_values=_FLAGS
 )
 flags.mark_flags_as_required(["hf", "config", "workdir"], flag_values=_FLAGS)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """Parses this tool's flags, with one-line errors."""
-    if {"-h", "--help", "--helpfull"} & set(argv):
-        print(__doc__ + "\n" + _FLAGS.get_help())
-        sys.exit(0)
-    try:
-        rest = _FLAGS(argv)
-    except (AttributeError, KeyError) as error:  # a --config.KEY override naming no key
-        sys.exit(f"error: a --config.* override names no config key ({error}).")
-    except flags.Error as error:
-        sys.exit(f"error: {error}")
-    flags.FLAGS.mark_as_parsed()  # absl's own flags keep their defaults
-    return rest
 
 
 def main(argv: list[str]) -> None:
@@ -84,4 +71,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.tool_flags_parser(_FLAGS, __doc__))

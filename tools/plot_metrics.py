@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from jaxpretrain import metrics_log, paths
+from jaxpretrain import cli, metrics_log, paths
 
 _FLAGS = flags.FlagValues()
 _OUTPUT = flags.DEFINE_string(
@@ -242,19 +242,6 @@ def plot_metrics(workdirs: Sequence[str], output: str | None = None) -> list[str
     return titles
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """Parses this tool's flags, with one-line errors."""
-    if {"-h", "--help", "--helpfull"} & set(argv):
-        print(__doc__ + "\n" + _FLAGS.get_help())
-        sys.exit(0)
-    try:
-        rest = _FLAGS(argv)
-    except flags.Error as error:
-        sys.exit(f"error: {error}")
-    flags.FLAGS.mark_as_parsed()  # absl's own flags keep their defaults
-    return rest
-
-
 def main(argv: list[str]) -> None:
     workdirs = argv[1:]
     try:
@@ -265,4 +252,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.tool_flags_parser(_FLAGS, __doc__))
