@@ -66,6 +66,11 @@ class SourceSpec:
       seqio_task / seqio_split: a registered seqio Task name and split for type 'seqio'.
       max_documents: cap on documents yielded by `iter_source_documents`; -1 = all. Shards read
         in parallel are not capped (the caller caps its merged stream).
+      filter_chain: the name of an entry of the data config's `filters.chains` that every
+        document of this source goes through; '' = `filters.chain` for text and
+        `filters.code_chain` for code.
+      metadata_fields: record fields (JSONL keys, Parquet columns) carried into
+        `Document.metadata` (a URL blocklist and URL-level dedup read `url`).
     """
 
     name: str
@@ -80,6 +85,8 @@ class SourceSpec:
     seqio_task: str = ""
     seqio_split: str = "train"
     max_documents: int = -1
+    filter_chain: str = ""
+    metadata_fields: tuple[str, ...] = ("url",)
 
     def __post_init__(self) -> None:
         validate_source_spec(self)
@@ -136,6 +143,12 @@ def validate_source_spec(spec: SourceSpec) -> None:
         fail("seqio_task", "type 'seqio' needs the name of a registered seqio Task")
     if not isinstance(spec.max_documents, int) or spec.max_documents < -1:
         fail("max_documents", "use -1 (all) or a count >= 0")
+    if not isinstance(spec.filter_chain, str):
+        fail("filter_chain", "name an entry of filters.chains, or '' for the defaults by kind")
+    if not isinstance(spec.metadata_fields, list | tuple) or not all(
+        isinstance(field, str) and field for field in spec.metadata_fields
+    ):
+        fail("metadata_fields", "list record field names as non-empty strings")
 
 
 @dataclasses.dataclass(frozen=True)
