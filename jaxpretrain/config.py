@@ -112,6 +112,10 @@ def default_config() -> ml_collections.ConfigDict:
     # skip, whose average then never follows); 0 never stops.
     c.train.anomaly.max_consecutive = 20
     c.train.peak_tflops_per_device = 0.0  # 0: look up the device kind; unknown (CPU) -> mfu null
+    # Persistent XLA compilation cache, so a restarted run does not recompile (minutes for large
+    # models): 'auto' = ~/.cache/jaxpretrain/jax on GPU/TPU and off on CPU (its programs compile
+    # in seconds); a local or gs:// folder (shared by a pod's hosts); '' = off.
+    c.train.compilation_cache_dir = "auto"
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 500

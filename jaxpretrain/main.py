@@ -85,6 +85,27 @@ def prepare_data_once(config, workdir: str) -> None:
         prepare.ensure_prepared_data(config, workdir)
 
 
+DEFAULT_COMPILATION_CACHE_DIR = "~/.cache/jaxpretrain/jax"
+
+
+def use_compilation_cache(cache_dir: str) -> str | None:
+    """Points JAX's persistent compilation cache at `cache_dir` (train.compilation_cache_dir);
+    returns the folder used, None when off. Call before anything is compiled."""
+    import jax
+
+    if cache_dir == "auto":
+        if jax.default_backend() == "cpu":
+            return None
+        cache_dir = DEFAULT_COMPILATION_CACHE_DIR
+    if not cache_dir:
+        return None
+    from jaxpretrain import paths
+
+    resolved = str(paths.resolve(os.path.expanduser(cache_dir)))
+    jax.config.update("jax_compilation_cache_dir", resolved)
+    return resolved
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE.")
@@ -102,6 +123,7 @@ def main(argv: list[str]) -> None:
     from jaxpretrain import paths, train
 
     config, workdir = _CONFIG.value, _WORKDIR.value
+    use_compilation_cache(config.train.compilation_cache_dir)
     try:
         paths.check_supported(workdir, "--workdir")
         paths.check_supported(config_lib.data_dir(config, workdir), "data.dir")

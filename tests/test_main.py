@@ -245,3 +245,25 @@ def test_data_curation_config_drives_the_automatic_prepare(tmp_path):
     manifest = manifest_lib.read_manifest(data_dir)
     assert manifest.vocab_size == 430
     assert {shard.source for shard in manifest.split("train").shards} == {"mine"}
+
+
+@pytest.mark.slow
+def test_restart_reuses_the_persistent_compilation_cache(tiny):
+    """train.compilation_cache_dir: the first run writes compiled programs there, a restart
+    (a fresh process, as after a preemption) finds every one of them and compiles nothing new."""
+    env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    args = ("--config=tiny.py", "--config.train.compilation_cache_dir=xla_cache",
+            "--config.train.steps=2", "--config.eval.every=0")  # fmt: skip
+
+    def run(workdir: str) -> set[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "jaxpretrain.main", *args, f"--workdir={workdir}"],
+            capture_output=True, text=True, cwd=tiny, timeout=600, env=env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        return {p.name for p in (tiny / "xla_cache").glob("*-cache")}
+
+    first = run("run_a")
+    assert len(first) >= 2  # at least the init and the train step
+    # A new workdir trains from step 0 again: the same programs, all read from the cache.
+    assert run("run_b") == first
