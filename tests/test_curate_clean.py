@@ -124,3 +124,32 @@ def test_code_documents_keep_indentation_through_clean_document():
     assert clean_document(doc).text == "class A:\n    x = 1"
     with pytest.raises(ValueError, match="kind='binary'"):
         Document("bad", "x", kind="binary")
+
+
+def test_mojibake_precheck_never_skips_text_ftfy_would_change():
+    """The cheap check may only skip ftfy where ftfy returns the text unchanged: random strings
+    over many scripts (and stdlib documents) where the check says 'clean' are left as they are by
+    the full fix, and known mojibake is still repaired."""
+    import random
+
+    import ftfy
+
+    from jaxpretrain.curate import clean
+
+    rng = random.Random(0)
+    blocks = [(0x20, 0x7E), (0x80, 0x24F), (0x370, 0x4FF), (0x590, 0x6FF), (0x900, 0x97F),
+              (0x2000, 0x206F), (0x3040, 0x30FF), (0x4E00, 0x4FFF), (0x1F300, 0x1F64F),
+              (0xFB00, 0xFB4F), (0xFE00, 0xFFFF)]  # fmt: skip
+    samples = [
+        "".join(chr(rng.randint(*rng.choice(blocks))) for _ in range(rng.randint(1, 10)))
+        for _ in range(5000)
+    ]
+    skipped = 0
+    for text in samples:
+        if not clean.may_need_mojibake_fix(text):
+            skipped += 1
+            assert ftfy.fix_text(text, config=clean._FTFY_CONFIG) == text, repr(text)
+    assert skipped > 3000  # the check is useful, not always True
+    for broken, fixed in [("doesnâ€™t", "doesn’t"), ("cafÃ©", "café"), ("Ã¼ber", "über"),
+                          ("РїСЂРёРІРµС‚", "привет"), ("a\r\nb", "a\nb")]:  # fmt: skip
+        assert clean.fix_mojibake(broken) == fixed
