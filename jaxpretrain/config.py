@@ -73,6 +73,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"  # compute dtype
     c.model.param_dtype = "float32"
     c.model.remat_policy = "none"  # none | dots | dots_no_batch | full (fastest -> most frugal)
+    c.model.attention = "auto"  # auto | xla | cudnn | splash (auto: cudnn on GPU, splash on TPU)
     c.model.init_std = 0.02
 
     c.train = ml_collections.ConfigDict()

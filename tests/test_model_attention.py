@@ -6,6 +6,7 @@ from flax import nnx
 
 from jaxpretrain.model import ModelConfig
 from jaxpretrain.model.attention import Attention, apply_rope, attention_mask
+from jaxpretrain.model.attention_impls import dense_mask
 
 CFG = ModelConfig(
     vocab_size=64,
@@ -39,7 +40,9 @@ def packed_features(rng: np.random.Generator, batch: int, length: int):
 
 def test_mask_follows_the_rule_for_every_pair():
     segment_ids, _, bidirectional = packed_features(np.random.default_rng(0), 3, 16)
-    mask = np.asarray(attention_mask(jnp.asarray(segment_ids), jnp.asarray(bidirectional)))
+    mask = np.asarray(
+        dense_mask(attention_mask(jnp.asarray(segment_ids), jnp.asarray(bidirectional)))
+    )
     assert mask.shape == (3, 1, 16, 16) and mask.dtype == bool
     for b in range(3):
         for q in range(16):
@@ -112,7 +115,7 @@ def test_attention_layer_matches_numpy_reference():
         for name in ("query", "key", "value", "out")
     }
     expected = reference_attention(
-        x.astype(np.float64), kernels, positions, np.asarray(mask)[:, 0], CFG.rope_theta
+        x.astype(np.float64), kernels, positions, np.asarray(dense_mask(mask))[:, 0], CFG.rope_theta
     )
     assert ours.dtype == jnp.float32
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5)

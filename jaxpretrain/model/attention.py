@@ -1,5 +1,7 @@
 """Attention for packed rows: rotary position embedding, the segment/prefix mask, and GQA.
 
+The attention computation itself runs where `model.attention` says (attention_impls.py).
+
 Shape suffixes: B batch, L length (queries), S length (keys), D embed, N query heads,
 K key/value heads, H head_dim.
 """
@@ -11,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxpretrain.mesh import constrain
+from jaxpretrain.model.attention_impls import AttentionMask, dot_product_attention
 from jaxpretrain.model.config import ModelConfig
 
 
@@ -44,27 +47,19 @@ def apply_rope(x_BLNH: jax.Array, positions_BL: jax.Array, theta: float) -> jax.
     return rotated_BLNH.astype(x_BLNH.dtype)
 
 
-def attention_mask(segment_ids_BL: jax.Array, bidirectional_BL: jax.Array) -> jax.Array:
-    """Which keys each query may attend to, for packed rows.
+def attention_mask(segment_ids_BL: jax.Array, bidirectional_BL: jax.Array) -> AttentionMask:
+    """Which keys each query may attend to, for packed rows, as every implementation reads it.
 
     Query q attends key k iff they share a segment and either k <= q (row order) or both are
-    bidirectional. Padding (segment 0) attends to padding, so every query sees at least itself and
-    no softmax row is empty.
+    bidirectional (`attention_impls.dense_mask` spells the rule out as a [B, 1, L, S] array).
+    Kept as the features rather than the dense mask because kernels take segment ids and a
+    causal flag, and the dense mask grows with length squared.
 
     Args:
       segment_ids_BL: [batch, length] int, 1-based document id inside the row, 0 = padding.
       bidirectional_BL: [batch, length] int, 1 where a token may attend to later tokens.
-
-    Returns:
-      [batch, 1, length, length] bool, broadcast over heads; True = may attend.
     """
-    length = segment_ids_BL.shape[1]
-    same_segment_BLS = segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :]
-    causal_LS = jnp.arange(length)[None, :] <= jnp.arange(length)[:, None]
-    is_bidirectional_BL = bidirectional_BL.astype(bool)
-    both_bidirectional_BLS = is_bidirectional_BL[:, :, None] & is_bidirectional_BL[:, None, :]
-    mask_BLS = same_segment_BLS & (causal_LS[None] | both_bidirectional_BLS)
-    return mask_BLS[:, None, :, :]
+    return AttentionMask(segment_ids_BL, bidirectional_BL)
 
 
 def output_projection_std(cfg: ModelConfig) -> float:
@@ -80,11 +75,13 @@ class Attention(nnx.Module):
     """Grouped-query self-attention with RoPE and no biases.
 
     Query head n reads key/value head n // (num_heads // num_kv_heads), the grouping of Hugging Face
-    `repeat_kv` and of `jax.nn.dot_product_attention`.
+    `repeat_kv` and of `jax.nn.dot_product_attention`. `cfg.attention` picks the implementation.
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.rope_theta = cfg.rope_theta
+        self.implementation = cfg.attention
+        self.pipelined = cfg.pipeline_stages > 1
         d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         common = dict(dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype, rngs=rngs)
         normal = nnx.initializers.normal(cfg.init_std)
@@ -115,15 +112,13 @@ class Attention(nnx.Module):
             **common,
         )
 
-    def __call__(
-        self, x_BLD: jax.Array, positions_BL: jax.Array, mask_B1LS: jax.Array
-    ) -> jax.Array:
+    def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array, mask: AttentionMask) -> jax.Array:
         """Attends within the mask.
 
         Args:
           x_BLD: [batch, length, embed] normalized inputs in the compute dtype.
           positions_BL: [batch, length] int positions for RoPE.
-          mask_B1LS: [batch, 1, length, length] bool from `attention_mask`.
+          mask: from `attention_mask`.
 
         Returns:
           [batch, length, embed] in the compute dtype.
@@ -134,9 +129,7 @@ class Attention(nnx.Module):
         query_BLNH = constrain(query_BLNH, ("batch", "length", "heads", "head_dim"))
         key_BSKH = constrain(key_BSKH, ("batch", "length", "kv_heads", "head_dim"))
         value_BSKH = constrain(value_BSKH, ("batch", "length", "kv_heads", "head_dim"))
-        # Scores and softmax run in float32 inside dot_product_attention; the 1/sqrt(head_dim)
-        # scale is its default.
-        encoded_BLNH = jax.nn.dot_product_attention(
-            query_BLNH, key_BSKH, value_BSKH, mask=mask_B1LS
+        encoded_BLNH = dot_product_attention(
+            query_BLNH, key_BSKH, value_BSKH, mask, self.implementation, pipelined=self.pipelined
         )
         return self.out(encoded_BLNH)

@@ -23,6 +23,10 @@ DTYPES: dict[str, Any] = {
 #   full          – save only each layer's input; recompute the whole layer in the backward pass.
 REMAT_POLICIES: tuple[str, ...] = ("none", "dots", "dots_no_batch", "full")
 
+# Where attention runs (model/attention_impls.py): auto = cudnn on GPU, splash on TPU, xla
+# elsewhere; an explicit kernel the platform lacks falls back to xla with a logged reason.
+ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = ("auto", "xla", "cudnn", "splash")
+
 _POSITIVE_INT_FIELDS = (
     "vocab_size",
     "num_layers",
@@ -45,7 +49,8 @@ class ModelConfig:
 
     `dtype` is the compute dtype of activations and matmuls; `param_dtype` is the storage dtype of
     the parameters. `remat_policy` is one of `REMAT_POLICIES` (see the comment there for the
-    speed/memory order).
+    speed/memory order). `attention` is one of `ATTENTION_IMPLEMENTATIONS`; every one computes
+    the same function, so it may change between restarts of a run.
 
     The `pipeline_*` fields say how the layer stack runs, not what it computes: with
     `pipeline_stages` > 1 the layers are split into that many stages (the `stage` logical axis)
@@ -70,6 +75,7 @@ class ModelConfig:
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
     remat_policy: str = "none"
+    attention: str = "auto"
     init_std: float = 0.02
     pipeline_stages: int = 1
     pipeline_repeats: int = 1
@@ -109,6 +115,11 @@ class ModelConfig:
             raise ValueError(
                 f"model.remat_policy={self.remat_policy!r} is not a known policy; use one of "
                 f"{list(REMAT_POLICIES)}."
+            )
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"model.attention={self.attention!r} is not a known implementation; use one of "
+                f"{list(ATTENTION_IMPLEMENTATIONS)}."
             )
         if not isinstance(self.tie_embeddings, bool):
             raise ValueError(f"model.tie_embeddings={self.tie_embeddings!r} must be True or False.")

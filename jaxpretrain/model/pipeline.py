@@ -70,7 +70,7 @@ def apply_pipeline(
     """Runs the layer stack as a pipeline; equals running the layers in order on the batch.
 
     Args:
-      apply_layers: (layer_state [P, ...], x_bLD, positions_bL, mask_b1LL) -> x_bLD, applying P
+      apply_layers: (layer_state [P, ...], x_bLD, positions_bL, mask_b) -> x_bLD, applying P
         layers in order (the model's scanned stack).
       stacked_state: the stacked layers' parameters, [num_layers, ...] in layer order.
       x_BLD: [batch, length, embed] the embedded inputs; batch divisible by the microbatches.
@@ -100,8 +100,8 @@ def apply_pipeline(
         weights_P = jax.tree.map(
             lambda w: jax.lax.dynamic_index_in_dim(w, repeat, axis=0, keepdims=False), weights_RP
         )
-        mask_b1LL = attention_mask(segment_ids_bL, bidirectional_bL)
-        return apply_layers(weights_P, x_bLD, positions_bL, mask_b1LL)
+        mask_b = attention_mask(segment_ids_bL, bidirectional_bL)
+        return apply_layers(weights_P, x_bLD, positions_bL, mask_b)
 
     # Constraints inside the stage get the stage axis's mesh axis on their vmapped dimension.
     run_stages = jax.vmap(run_stage, spmd_axis_name=mesh_lib.mesh_axis_of("stage"))

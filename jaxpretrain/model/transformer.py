@@ -26,7 +26,12 @@ from flax import nnx
 
 from jaxpretrain.mesh import constrain
 from jaxpretrain.model import pipeline
-from jaxpretrain.model.attention import Attention, attention_mask, output_projection_std
+from jaxpretrain.model.attention import (
+    Attention,
+    AttentionMask,
+    attention_mask,
+    output_projection_std,
+)
 from jaxpretrain.model.config import ModelConfig
 
 _REMAT_POLICY_FUNCTIONS = {
@@ -104,12 +109,10 @@ class Block(nnx.Module):
         self.mlp_norm = rms_norm(cfg, rngs=rngs)
         self.mlp = Mlp(cfg, rngs=rngs)
 
-    def __call__(
-        self, x_BLD: jax.Array, positions_BL: jax.Array, mask_B1LS: jax.Array
-    ) -> jax.Array:
+    def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array, mask: AttentionMask) -> jax.Array:
         """[batch, length, embed] in the compute dtype -> same shape and dtype."""
         normed_BLD = self.attention_norm(x_BLD).astype(self.compute_dtype)
-        h_BLD = x_BLD + self.attention(normed_BLD, positions_BL, mask_B1LS)
+        h_BLD = x_BLD + self.attention(normed_BLD, positions_BL, mask)
         normed_BLD = self.mlp_norm(h_BLD).astype(self.compute_dtype)
         out_BLD = h_BLD + self.mlp(normed_BLD)
         return constrain(out_BLD, ("batch", "length", "embed"))
@@ -135,7 +138,7 @@ def apply_block_stack(
     stacked_state: nnx.State,
     x_BLD: jax.Array,
     positions_BL: jax.Array,
-    mask_B1LS: jax.Array,
+    mask: AttentionMask,
     remat_policy: str,
 ) -> jax.Array:
     """Runs stacked blocks (`nnx.split` of `create_block_stack`) in order with `jax.lax.scan`.
@@ -148,7 +151,7 @@ def apply_block_stack(
 
     def apply_one_layer(carry_BLD: jax.Array, layer_state: nnx.State) -> tuple[jax.Array, None]:
         block = nnx.merge(graphdef, layer_state)
-        return block(carry_BLD, positions_BL, mask_B1LS), None
+        return block(carry_BLD, positions_BL, mask), None
 
     if remat_policy != "none":
         # prevent_cse=False is safe (and faster) inside scan, which already blocks the CSE that
@@ -227,9 +230,9 @@ class Transformer(nnx.Module):
         x_BLD = constrain(self.embed(inputs_BL), ("batch", "length", "embed"))
         graphdef, stacked_state = nnx.split(self.layers)
 
-        def apply_layers(layer_state, x_BLD, positions_BL, mask_B1LS):
+        def apply_layers(layer_state, x_BLD, positions_BL, mask):
             return apply_block_stack(
-                graphdef, layer_state, x_BLD, positions_BL, mask_B1LS, self.cfg.remat_policy
+                graphdef, layer_state, x_BLD, positions_BL, mask, self.cfg.remat_policy
             )
 
         if self.cfg.pipeline_stages > 1:
@@ -243,8 +246,8 @@ class Transformer(nnx.Module):
                 self.cfg,
             )
         else:
-            mask_B1LS = attention_mask(segment_ids_BL, bidirectional_BL)
-            x_BLD = apply_layers(stacked_state, x_BLD, positions_BL, mask_B1LS)
+            mask = attention_mask(segment_ids_BL, bidirectional_BL)
+            x_BLD = apply_layers(stacked_state, x_BLD, positions_BL, mask)
         x_BLD = self.final_norm(x_BLD).astype(self.cfg.compute_dtype)
         if self.lm_head is None:
             embedding_VD = self.embed.embedding[...].astype(self.cfg.compute_dtype)
