@@ -1,10 +1,11 @@
 """Measures throughput on this machine and prints Markdown rows for docs/performance.md.
 
     python tools/benchmark.py train --config=configs/tiny_clm.py --steps=20
-    python tools/benchmark.py data --documents=2000
+    python tools/benchmark.py data --documents=2000 --corpus_mb=20
     python tools/benchmark.py matmul --matmul_size=8192   # the device's bf16 matmul FLOP/s
     python tools/benchmark.py loop --config=configs/tiny_clm.py --steps=20 --documents=400
     python tools/benchmark.py checkpoint --config=configs/tiny_clm.py
+    python tools/benchmark.py attention --config=configs/clm_124m.py --lengths=512,2048,8192
 
     # a mesh on 8 fake CPU devices (correctness scale, not speed):
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tools/benchmark.py train \
@@ -14,13 +15,16 @@
 `train` times jitted train steps on synthetic full-length batches (the input pipeline is measured
 apart), after compilation and warm-up steps. `data` times the curation blocks (cleaning, each
 filter family, MinHash signatures beside datasketch's `MinHash.update_batch`) on one core, on the
-prose documents of the embedded stdlib corpus. Timings are never asserted in tests.
+prose documents of the embedded stdlib corpus, then the whole curation pipeline on a generated
+web-like corpus (`--corpus_mb`) with 1 and 2 workers, in GB per core-hour. Timings are never
+asserted in tests.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import pathlib
 import platform
 import sys
 import time
@@ -41,8 +45,20 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 _DOCUMENTS = flags.DEFINE_integer(
     "documents", 2000, "data: documents timed per block; loop: documents prepared."
 )
+_CORPUS_MB = flags.DEFINE_float(
+    "corpus_mb", 20.0, "data: size of the generated web-like corpus for the whole-pipeline rows."
+)
 _JSON = flags.DEFINE_bool("json", False, "train: print the figures as one JSON line.")
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 8192, "matmul: square matrix size.")
+_LENGTHS = flags.DEFINE_list(
+    "lengths", ["512", "1024", "2048", "4096", "8192"], "attention: sequence lengths timed."
+)
+_ATTENTION_TOKENS = flags.DEFINE_integer(
+    "attention_tokens", 16384, "attention: tokens per call (batch = tokens // length)."
+)
+_APPEND_TO_DOCS = flags.DEFINE_bool(
+    "append_to_docs", False, "attention: also append the table to docs/performance.md."
+)
 
 
 def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int) -> dict:
@@ -276,38 +292,189 @@ def benchmark_data(num_documents: int) -> list[tuple[str, float, float]]:
     rows.append(
         ("MinHash signatures, datasketch update_batch", *_rate(datasketch_signatures, docs))
     )
-    rows.extend(benchmark_pipeline())
+    rows.extend(benchmark_pipeline(_CORPUS_MB.value))
     return rows
 
 
-def benchmark_pipeline() -> list[tuple[str, float, float]]:
-    """The whole local pipeline on the stdlib corpus in one worker process (per-core figures).
+def benchmark_pipeline(corpus_megabytes: float) -> list[tuple[str, float, float]]:
+    """The whole local pipeline (read, clean, the default chain, exact + MinHash dedup, split,
+    tokenizer, tokenize, shards, report) on a generated web-like corpus
+    (`curate/synthetic.py`, ~`corpus_megabytes` MB in 8 JSONL files), with 1 and 2 workers.
 
-    Two settings: configs/data/stdlib.py (clean + exact dedup + tokenize), and the same source
-    through the default web chain (all quality filters, exact + MinHash dedup).
+    Rows: (label, documents/s, MB/s of wall time); the label carries GB per core-hour (wall time
+    x workers) and GB per CPU-hour (user + system time of every process of the run).
     """
+    import resource
     import tempfile
 
     from jaxpretrain.curate import config as data_config
-    from jaxpretrain.curate import prepare, sources
+    from jaxpretrain.curate import prepare, synthetic
 
-    report = sources.SourceReport(source="stdlib")
-    megabytes = sum(len(d.text.encode()) for d in sources.iter_documents("stdlib", report)) / 1e6
+    num_documents = max(100, int(corpus_megabytes * 1e6 / 1_500))  # ~1.5 KB per document
     rows = []
-    for name, full_chain in (("stdlib config", False), ("default web chain + MinHash", True)):
-        cfg = data_config.default_data_config()
-        cfg.sources = [data_config.source_config(name="stdlib", type="stdlib")]
-        cfg.executor.workers = 1
-        if not full_chain:
-            cfg.filters.chain, cfg.filters.code_chain = (), ()
-            cfg.dedup.minhash.enabled = False
-        with tempfile.TemporaryDirectory() as output_dir:
-            start = time.perf_counter()
-            prepare.prepare_from_config(cfg, output_dir, progress=False)
-            seconds = time.perf_counter() - start
-        label = f"whole pipeline, {name} ({report.documents} stdlib documents, incl. tokenizer)"
-        rows.append((label, report.documents / seconds, megabytes / seconds))
+    with tempfile.TemporaryDirectory() as root:
+        synthetic.write_web_corpus(f"{root}/web", num_documents, num_files=8)
+        megabytes = sum(p.stat().st_size for p in pathlib.Path(root, "web").iterdir()) / 1e6
+        for workers in (1, 2):
+            cfg = data_config.default_data_config()
+            cfg.sources = [data_config.source_config(name="web", type="jsonl", path=f"{root}/web")]
+            cfg.executor.workers = workers
+            cfg.tokenizer.vocab_size = 8192
+
+            def cpu_seconds() -> float:
+                own = resource.getrusage(resource.RUSAGE_SELF)
+                children = resource.getrusage(resource.RUSAGE_CHILDREN)
+                return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+            cpu_before, start = cpu_seconds(), time.perf_counter()
+            prepare.prepare_from_config(cfg, f"{root}/out{workers}", progress=False)
+            seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_before
+            per_core_hour = megabytes / 1e3 / (seconds * workers / 3600)
+            per_cpu_hour = megabytes / 1e3 / (cpu / 3600)
+            label = (
+                f"whole pipeline, web-like {megabytes:.0f} MB, default chain + exact + MinHash, "
+                f"{workers} worker(s): {per_core_hour:.2f} GB/core-hour, "
+                f"{per_cpu_hour:.2f} GB/CPU-hour"
+            )
+            rows.append((label, num_documents / seconds, megabytes / seconds))
     return rows
+
+
+def attention_masks(batch: int, length: int) -> dict:
+    """The three kinds of batch attention sees (`attention_impls` picks a kernel call per kind):
+    one document per row (no segment ids needed), packed documents of ~length/4 tokens, and the
+    same with a bidirectional prefix on each document's first third (prefix LM, UL2)."""
+    from jaxpretrain.model.attention_impls import AttentionMask
+
+    document = max(1, length // 4)
+    positions_L = np.arange(length)
+    packed_L = (positions_L // document + 1).astype(np.int32)
+    prefix_L = (positions_L % document < document // 3).astype(np.int32)
+    none_L = np.zeros(length, np.int32)
+
+    def rows(x_L: np.ndarray) -> jax.Array:
+        return jnp.asarray(np.broadcast_to(x_L, (batch, length)))
+
+    return {
+        "causal, one document": AttentionMask(rows(np.ones(length, np.int32)), rows(none_L)),
+        "causal, segment ids": AttentionMask(rows(packed_L), rows(none_L)),
+        "prefix, segment ids": AttentionMask(rows(packed_L), rows(prefix_L)),
+    }
+
+
+def attention_implementations() -> dict:
+    """The implementations that run on this machine's platform: name -> attention function."""
+    from jaxpretrain.model import attention_impls as impls
+
+    available = {"xla": impls.xla_attention}
+    platform_kernel = impls.resolve("auto", impls.current_platform())
+    if platform_kernel == "cudnn":
+        available["cudnn"] = impls.cudnn_attention
+    if platform_kernel == "splash":
+        available["splash"] = impls.splash_attention
+    return available
+
+
+def benchmark_attention(lengths: list[int], tokens: int, heads: tuple[int, int, int]) -> list:
+    """Forward + backward time of attention alone (q, k, v -> gradients), per implementation,
+    length and mask kind, in bfloat16, at `tokens` tokens per call (batch = tokens // length).
+
+    Rows: (implementation, length, batch, mask kind, median ms, TFLOP/s). FLOPs count the full
+    L x L score matrix (4 B N L^2 H forward, twice that backward), not halved for causal masks,
+    so a kernel that skips masked blocks shows as more TFLOP/s.
+    """
+    num_heads, num_kv_heads, head_dim = heads
+    rows = []
+    for name, attention in attention_implementations().items():
+        for length in lengths:
+            batch = max(1, tokens // length)
+            keys = jax.random.split(jax.random.key(0), 3)
+            query = jax.random.normal(keys[0], (batch, length, num_heads, head_dim), jnp.bfloat16)
+            key, value = (
+                jax.random.normal(k, (batch, length, num_kv_heads, head_dim), jnp.bfloat16)
+                for k in keys[1:]
+            )
+
+            def loss(q, k, v, mask, attention=attention):
+                return jnp.sum(attention(q, k, v, mask).astype(jnp.float32))
+
+            step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+            flops = 3 * 4 * batch * num_heads * length**2 * head_dim
+            for kind, mask in attention_masks(batch, length).items():
+                try:
+                    seconds = _median_seconds(step, (query, key, value, mask))
+                except Exception as error:  # noqa: BLE001
+                    # A GPU session gets one prepared run: a call the card refuses (memory, a
+                    # cuDNN limit) costs its row, not the rest of the table.
+                    rows.append((name, length, batch, kind, str(error).splitlines()[0], None))
+                    continue
+                rows.append((name, length, batch, kind, seconds * 1e3, flops / seconds / 1e12))
+    return rows
+
+
+def _median_seconds(fn, args) -> float:
+    """Median wall time of `fn(*args)` over --steps calls, after compilation and --warmup."""
+    jax.block_until_ready(fn(*args))
+    for _ in range(_WARMUP.value):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(_STEPS.value):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def attention_table(rows: list, heads: tuple[int, int, int]) -> str:
+    """The Markdown table of `benchmark_attention` rows, headed by machine, command and date."""
+    from jaxpretrain.model import attention_impls as impls
+
+    device = f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform})"
+    command = " ".join(["python tools/benchmark.py", *sys.argv[1:]])
+    lines = [
+        f"{datetime.date.today()}, {device}, jax {jax.__version__}: `{command}` "
+        f"(heads {heads[0]}, kv heads {heads[1]}, head_dim {heads[2]}, bfloat16, "
+        f"median of {_STEPS.value} calls)",
+        "",
+        "| implementation | length | batch | mask | fwd+bwd | TFLOP/s (full L^2) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, length, batch, kind, ms, tflops in rows:
+        if tflops is None:  # `ms` holds the error
+            lines.append(f"| {name} | {length} | {batch} | {kind} | failed: {ms[:120]} | |")
+        else:
+            lines.append(f"| {name} | {length} | {batch} | {kind} | {ms:.2f} ms | {tflops:.3g} |")
+    lines += [f"\nFell back: {reason}." for reason in impls.fallback_reasons()]
+    return "\n".join(lines) + "\n"
+
+
+def append_to_docs_section(text: str, heading: str) -> None:
+    """Adds `text` at the end of the `heading` section of docs/performance.md."""
+    path = pathlib.Path(__file__).parent.parent / "docs" / "performance.md"
+    lines = path.read_text().splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
+    if start is None:
+        raise SystemExit(f"docs/performance.md has no '{heading}' section; add it first.")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    while end > start + 1 and not lines[end - 1].strip():
+        end -= 1  # the new text follows the section's last line after one blank line
+    after = "".join(lines[end:]).lstrip("\n")
+    path.write_text("".join(lines[:end]) + "\n" + text + ("\n" + after if after else ""))
+
+
+ATTENTION_DOCS_HEADING = "## Attention implementations (`tools/benchmark.py attention`)"
+
+
+def main_attention() -> None:
+    """`attention`: heads from --config (default: clm_124m's 12 x 64), the table printed and,
+    with --append_to_docs, added to docs/performance.md."""
+    model = None if _CONFIG.value is None else _CONFIG.value.model
+    heads = (12, 12, 64) if model is None else (model.num_heads, model.num_kv_heads, model.head_dim)
+    lengths = [int(length) for length in _LENGTHS.value]
+    table = attention_table(benchmark_attention(lengths, _ATTENTION_TOKENS.value, heads), heads)
+    print(table)
+    if _APPEND_TO_DOCS.value:
+        append_to_docs_section(table, ATTENTION_DOCS_HEADING)
 
 
 def main(argv: list[str]) -> None:
@@ -326,13 +493,17 @@ def main(argv: list[str]) -> None:
         measure = benchmark_loop if argv[1] == "loop" else benchmark_checkpoint
         print(json.dumps(measure(_CONFIG.value)))
         return
+    if len(argv) == 2 and argv[1] == "attention":
+        main_attention()
+        return
     if len(argv) == 2 and argv[1] == "matmul":
         print(json.dumps(benchmark_matmul(_MATMUL_SIZE.value)))
         return
     if len(argv) != 2 or argv[1] != "train":
         raise app.UsageError(
             "usage: benchmark.py train --config=CONFIG [--json] | loop --config=CONFIG | "
-            "checkpoint --config=CONFIG | data [--documents=N] | matmul [--matmul_size=N]"
+            "checkpoint --config=CONFIG | data [--documents=N] | matmul [--matmul_size=N] | "
+            "attention [--config=CONFIG] [--lengths=N,...] [--append_to_docs]"
         )
     if _CONFIG.value is None:
         raise app.UsageError("benchmark.py train needs --config=CONFIG.")
