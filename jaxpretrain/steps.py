@@ -41,9 +41,58 @@ def _with_axis_rules(jitted: Callable, mesh: Mesh, rules: mesh_lib.AxisRules) ->
     return call
 
 
-def _forward(graphdef: nnx.GraphDef, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
+def _loss_sums(
+    graphdef: nnx.GraphDef,
+    params: Any,
+    batch: dict[str, jax.Array],
+    objective: objectives.Objective,
+    z_loss: float = 0.0,
+) -> dict[str, jax.Array]:
+    """{'loss', 'weight'[, 'z_loss' (coefficient applied)]} summed over the batch's tokens.
+
+    With `model.logits_chunk_length` = C > 0 the output layer and the loss run over C positions
+    at a time under `jax.checkpoint`, so the backward pass recomputes each chunk's logits instead
+    of keeping [batch, length, vocab] float32 logits (the largest activation of a small model
+    with a big vocabulary). The objectives' losses are sums over tokens, so the chunks' sums
+    add up to the whole batch's.
+    """
     model = nnx.merge(graphdef, params)
-    return model(batch["inputs"], batch["segment_ids"], batch["positions"], batch["bidirectional"])
+    features = (batch["inputs"], batch["segment_ids"], batch["positions"], batch["bidirectional"])
+
+    def sums_of(logits_BLV, targets_BL, weights_BL):
+        loss_sum, weight_sum = objective.loss(logits_BLV, targets_BL, weights_BL)
+        sums = {"loss": loss_sum, "weight": weight_sum}
+        if z_loss > 0:
+            sums["z_loss"] = z_loss * z_loss_sum(logits_BLV, weights_BL)
+        return sums
+
+    chunk = model.cfg.logits_chunk_length
+    length = batch["inputs"].shape[1]
+    if not chunk or chunk >= length:
+        return sums_of(model(*features), batch["targets"], batch["loss_weights"])
+    if length % chunk:
+        raise ValueError(
+            f"model.logits_chunk_length={chunk} does not divide the sequence length {length}; "
+            "use a divisor of train.seq_len (or 0 for whole rows)."
+        )
+
+    def by_chunk(x_BL_):  # [B, L, ...] -> [L / C, B, C, ...]
+        return jnp.swapaxes(
+            x_BL_.reshape(x_BL_.shape[0], length // chunk, chunk, *x_BL_.shape[2:]), 0, 1
+        )
+
+    @jax.checkpoint
+    def chunk_sums(x_BCD, targets_BC, weights_BC):
+        return sums_of(model.logits(x_BCD), targets_BC, weights_BC)
+
+    def add_chunk(totals, chunk_inputs):
+        return jax.tree.map(jnp.add, totals, chunk_sums(*chunk_inputs)), None
+
+    hidden_BLD = model.hidden(*features)
+    keys = ("loss", "weight", "z_loss") if z_loss > 0 else ("loss", "weight")
+    zeros = {key: jnp.zeros((), jnp.float32) for key in keys}
+    chunks = (by_chunk(hidden_BLD), by_chunk(batch["targets"]), by_chunk(batch["loss_weights"]))
+    return jax.lax.scan(add_chunk, zeros, chunks)[0]
 
 
 def _batch_shardings(batch_sharding: NamedSharding) -> dict[str, NamedSharding]:
@@ -184,13 +233,8 @@ def make_train_step(
     sum_keys = ("loss", "weight", "z_loss") if z_loss > 0 else ("loss", "weight")
 
     def loss_and_sums(params, batch):
-        logits_BLV = _forward(layout.graphdef, params, batch)
-        loss_sum, weight_sum = objective.loss(logits_BLV, batch["targets"], batch["loss_weights"])
-        sums = {"loss": loss_sum, "weight": weight_sum}
-        if z_loss == 0:
-            return loss_sum, sums
-        sums["z_loss"] = z_loss * z_loss_sum(logits_BLV, batch["loss_weights"])
-        return loss_sum + sums["z_loss"], sums
+        sums = _loss_sums(layout.graphdef, params, batch, objective, z_loss)
+        return sums["loss"] + sums.get("z_loss", 0.0), sums
 
     def sums_and_grads(params, batch):
         (_, sums), grads = jax.value_and_grad(loss_and_sums, has_aux=True)(params, batch)
@@ -299,8 +343,8 @@ def make_eval_step(
     """
 
     def batch_sums(params, batch, token_bytes_V):
-        logits_BLV = _forward(layout.graphdef, params, batch)
-        loss_sum, weight_sum = objective.loss(logits_BLV, batch["targets"], batch["loss_weights"])
+        sums = _loss_sums(layout.graphdef, params, batch, objective)
+        loss_sum, weight_sum = sums["loss"], sums["weight"]
         bytes_sum = jnp.sum(token_bytes_V[batch["targets"]] * batch["loss_weights"])
         return {"loss_sum": loss_sum, "weight_sum": weight_sum, "bytes_sum": bytes_sum}
 

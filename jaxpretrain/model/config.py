@@ -50,7 +50,10 @@ class ModelConfig:
     `dtype` is the compute dtype of activations and matmuls; `param_dtype` is the storage dtype of
     the parameters. `remat_policy` is one of `REMAT_POLICIES` (see the comment there for the
     speed/memory order). `attention` is one of `ATTENTION_IMPLEMENTATIONS`; every one computes
-    the same function, so it may change between restarts of a run.
+    the same function, so it may change between restarts of a run. `logits_chunk_length` > 0
+    makes the loss run the output layer over that many positions at a time, recomputing each
+    chunk's logits in the backward pass, so the float32 [batch, length, vocab] logits never exist
+    at once (0: whole rows); it changes memory and speed, not the loss.
 
     The `pipeline_*` fields say how the layer stack runs, not what it computes: with
     `pipeline_stages` > 1 the layers are split into that many stages (the `stage` logical axis)
@@ -76,6 +79,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat_policy: str = "none"
     attention: str = "auto"
+    logits_chunk_length: int = 0
     init_std: float = 0.02
     pipeline_stages: int = 1
     pipeline_repeats: int = 1
@@ -120,6 +124,15 @@ class ModelConfig:
             raise ValueError(
                 f"model.attention={self.attention!r} is not a known implementation; use one of "
                 f"{list(ATTENTION_IMPLEMENTATIONS)}."
+            )
+        if (
+            isinstance(self.logits_chunk_length, bool)
+            or not isinstance(self.logits_chunk_length, int)
+            or self.logits_chunk_length < 0
+        ):
+            raise ValueError(
+                f"model.logits_chunk_length={self.logits_chunk_length!r} must be 0 (whole rows) "
+                "or a positive number of positions that divides train.seq_len."
             )
         if not isinstance(self.tie_embeddings, bool):
             raise ValueError(f"model.tie_embeddings={self.tie_embeddings!r} must be True or False.")

@@ -221,6 +221,17 @@ class Transformer(nnx.Module):
         Returns:
           [batch, length, vocab] float32 logits. Rows at padding positions are meaningless.
         """
+        return self.logits(self.hidden(inputs_BL, segment_ids_BL, positions_BL, bidirectional_BL))
+
+    def hidden(
+        self,
+        inputs_BL: jax.Array,
+        segment_ids_BL: jax.Array,
+        positions_BL: jax.Array,
+        bidirectional_BL: jax.Array,
+    ) -> jax.Array:
+        """[batch, length, embed] final-normed features in the compute dtype (what `logits`
+        projects); the arguments are those of `__call__`."""
         length = inputs_BL.shape[1]
         if length > self.cfg.max_seq_len:
             raise ValueError(
@@ -248,7 +259,10 @@ class Transformer(nnx.Module):
         else:
             mask = attention_mask(segment_ids_BL, bidirectional_BL)
             x_BLD = apply_layers(stacked_state, x_BLD, positions_BL, mask)
-        x_BLD = self.final_norm(x_BLD).astype(self.cfg.compute_dtype)
+        return self.final_norm(x_BLD).astype(self.cfg.compute_dtype)
+
+    def logits(self, x_BLD: jax.Array) -> jax.Array:
+        """[batch, length, vocab] float32 logits of `hidden`'s features (any length)."""
         if self.lm_head is None:
             embedding_VD = self.embed.embedding[...].astype(self.cfg.compute_dtype)
             logits_BLV = jnp.einsum(
