@@ -74,6 +74,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"
     c.model.remat_policy = "none"  # none | dots | dots_no_batch | full (fastest -> most frugal)
     c.model.attention = "auto"  # auto | xla | cudnn | splash (auto: cudnn on GPU, splash on TPU)
+    # > 0: the loss computes logits this many positions at a time (recomputed in the backward
+    # pass), so [batch, length, vocab] float32 logits never exist at once; must divide seq_len.
+    c.model.logits_chunk_length = 0
     c.model.init_std = 0.02
 
     c.train = ml_collections.ConfigDict()
@@ -164,7 +167,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.vocab_size = 4096  # tokenizer trained by the prepare step
     c.data.validation_fraction = 0.05
     c.data.max_documents = -1  # cap on source documents for prepare; -1 = all
-    c.data.num_shards = 4
+    # A new ArrayRecord shard is started once one holds this many bytes of tokens.
+    c.data.shard_bytes = 256 << 20
     c.data.shuffle_window = 4096  # examples shuffled together after cutting documents
     # Independent data streams that make up the global batch (0: one per data-loading process).
     # A run resumes on any process count that divides it, reading the same examples.

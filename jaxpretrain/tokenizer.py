@@ -227,6 +227,25 @@ def _training_chunks(texts: Iterable[str], max_chunk_chars: int) -> Iterable[str
             yield "".join(chunk)
 
 
+def _reservoir_sample(items: Iterable[str], size: int, seed: int) -> list[str]:
+    """A uniform sample of `size` items (all of them, in order, when there are fewer), holding
+    at most `size` at a time.
+
+    Done here rather than by SentencePiece's own `input_sentence_size` sampling, whose random
+    generator is not seeded by `set_random_generator_seed` (models differed run to run).
+    """
+    rng = np.random.default_rng(seed)
+    sample: list[str] = []
+    for seen, item in enumerate(items):
+        if seen < size:
+            sample.append(item)
+            continue
+        slot = int(rng.integers(0, seen + 1))
+        if slot < size:
+            sample[slot] = item
+    return sample
+
+
 def train_tokenizer(
     texts: Iterable[str],
     model_path: str | os.PathLike,
@@ -245,8 +264,10 @@ def train_tokenizer(
       model_path: where the `.model` file is written (parent directories are created).
       vocab_size: total ids including the 364 reserved ones; at least `MIN_VOCAB_SIZE`.
       model_type: 'bpe' (fast to train; the default) or 'unigram'.
-      max_training_chunks: cap on training chunks (each up to `max_chunk_chars` characters),
-        sampled uniformly with `seed`; it bounds training time (~40 MB at the defaults).
+      max_training_chunks: cap on training chunks (each up to `max_chunk_chars` characters);
+        a uniform sample of this many is kept while `texts` stream past (reservoir sampling
+        seeded with `seed`), so memory and training time stay bounded (~40 MB at the defaults)
+        however much text is given.
       max_chunk_chars: longest training "sentence" in characters.
       seed: seeds the sample, so the same texts and seed give the same model.
       num_threads: SentencePiece training threads (default: all cores).
@@ -261,13 +282,9 @@ def train_tokenizer(
         )
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type={model_type!r} is not supported; use 'bpe' or 'unigram'.")
-    chunks = list(_training_chunks(texts, max_chunk_chars))
+    chunks = _reservoir_sample(_training_chunks(texts, max_chunk_chars), max_training_chunks, seed)
     if not chunks:
         raise ValueError("No training text for the tokenizer; the train split is empty.")
-    if len(chunks) > max_training_chunks:
-        rng = np.random.default_rng(seed)
-        keep = np.sort(rng.choice(len(chunks), size=max_training_chunks, replace=False))
-        chunks = [chunks[i] for i in keep]
     spm.set_random_generator_seed(seed)
     model_buffer = io.BytesIO()
     try:

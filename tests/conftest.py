@@ -18,5 +18,5 @@ def data_dir(tmp_path_factory):
     from jaxpretrain.curate import prepare
 
     path = tmp_path_factory.mktemp("data")
-    prepare.prepare(str(path), "stdlib", vocab_size=512, max_documents=60, num_shards=2)
+    prepare.prepare(str(path), "stdlib", vocab_size=512, max_documents=60, shard_bytes=1 << 14)
     return str(path)

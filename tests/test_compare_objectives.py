@@ -35,7 +35,7 @@ TINY = {
     "eval.steps": 2,
     "data.max_documents": 60,
     "data.vocab_size": 512,
-    "data.num_shards": 1,
+    "data.shard_bytes": 1 << 30,
 }
 TOKENS = 2000  # 4 steps of 8 x 64 positions: ceil(2000 / 512)
 

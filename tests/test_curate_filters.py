@@ -11,6 +11,8 @@ from jaxpretrain.curate.document import Document
 from jaxpretrain.curate.filters import (
     BlocklistFilter,
     C4Quality,
+    C4TfdsQuality,
+    CodeQuality,
     FineWebQuality,
     GopherQuality,
     GopherRepetition,
@@ -128,9 +130,12 @@ def test_gopher_alphabetic_word_fraction():
 
 def test_gopher_stop_words_need_two_distinct():
     words = _distinct_words(48, 5)
-    assert _decide(GopherQuality(), " ".join(["The", "with"] + words)).kept
-    only_one = " ".join(["the", "The"] + words)
+    assert _decide(GopherQuality(), " ".join(["the", "with"] + words)).kept
+    only_one = " ".join(["the", "the"] + words)
     assert _decide(GopherQuality(), only_one).reason == "gopher_quality:stop_words"
+    # Case-sensitive, as datatrove (and so FineWeb) matched them: "The" is not "the".
+    capitalised = " ".join(["The", "with"] + words)
+    assert _decide(GopherQuality(), capitalised).reason == "gopher_quality:stop_words"
 
 
 # ------------------------------------------------------------ Gopher repetition (Table A1)
@@ -173,24 +178,33 @@ def test_duplicate_line_and_paragraph_characters(separator):
     unit = "line" if separator == "\n" else "paragraph"
     filter_ = _only_rule(**{f"max_duplicate_{unit}_char_fraction": 0.20})
     repeated = "abcdefghij"  # 10 characters, 3 copies = 2 duplicates = 20 characters
-    at_limit = separator.join(["".join(_filler(70))] + [repeated] * 3)  # 20 / (70 + 30)
+    # Over the whole text's length, separators included (datatrove's denominator): 20 / 100.
+    filler_chars = 100 - 3 * len(repeated) - 3 * len(separator)
+    at_limit = separator.join(["".join(_filler(filler_chars))] + [repeated] * 3)
+    assert len(at_limit) == 100
     assert filter_.score(_doc(at_limit))[f"duplicate_{unit}_char_fraction"] == 0.2
     assert filter_.apply(_doc(at_limit)).kept
-    over = separator.join(["".join(_filler(69))] + [repeated] * 3)
+    over = separator.join(["".join(_filler(filler_chars - 1))] + [repeated] * 3)
     assert filter_.apply(_doc(over)).reason == f"gopher_repetition:duplicate_{unit}_chars"
+
+
+def _text_of_length(words, length):
+    """`words` joined by spaces, the last word lengthened so the text is `length` characters."""
+    text = " ".join(words)
+    assert len(text) <= length, (len(text), length)
+    return text + "q" * (length - len(text))
 
 
 @pytest.mark.parametrize(("n", "limit"), [(2, 0.20), (3, 0.18), (4, 0.16)])
 def test_top_ngram_character_fraction(n, limit):
     filter_ = _only_rule(max_top_ngram_char_fraction={n: limit})
-    phrase = _distinct_words(n, 5, seed=99)  # 5n characters, occurring twice
-    needed = 2 * 5 * n / limit  # total word characters at which the fraction equals the limit
-    for total, kept in ((math.ceil(needed), True), (math.ceil(needed) - 1, False)):
-        filler = _filler(total - 10 * n, seed=n)
-        half = len(filler) // 2
-        words = phrase + filler[:half] + phrase + filler[half:]
-        result = filter_.apply(_doc(" ".join(words)))
-        assert result.kept == kept, (total, result.scores)
+    phrase = _distinct_words(n, 5, seed=99)  # "w1 w2 ..": 6n - 1 characters, occurring twice
+    needed = 2 * (6 * n - 1) / limit  # text length at which the fraction equals the limit
+    for length, kept in ((math.ceil(needed), True), (math.ceil(needed) - 1, False)):
+        filler = _distinct_words(6, 5, seed=n, exclude=phrase)
+        text = _text_of_length(phrase + filler[:3] + phrase + filler[3:], length)
+        result = filter_.apply(_doc(text))
+        assert result.kept == kept, (length, result.scores)
         if not kept:
             assert result.reason == f"gopher_repetition:top_{n}gram"
 
@@ -200,27 +214,33 @@ def test_top_ngram_character_fraction(n, limit):
 )
 def test_duplicated_ngram_character_fraction(n, limit):
     filter_ = _only_rule(max_duplicate_ngram_char_fraction={n: limit})
-    phrase = _distinct_words(n, 3, seed=98)  # 3n characters, occurring twice
-    needed = 2 * 3 * n / limit
-    for total, kept in ((math.ceil(needed), True), (math.ceil(needed) - 1, False)):
-        filler = _filler(total - 6 * n, seed=n)
-        words = phrase + filler[:3] + phrase + filler[3:]
-        result = filter_.apply(_doc(" ".join(words)))
-        assert result.kept == kept, (total, result.scores)
+    phrase = _distinct_words(n, 3, seed=98)  # 3n word characters; its repeat counts once
+    needed = 3 * n / limit
+    for length, kept in ((math.ceil(needed), True), (math.ceil(needed) - 1, False)):
+        filler = _distinct_words(4, 3, seed=n, exclude=phrase)
+        text = _text_of_length(phrase + filler[:3] + phrase + filler[3:], length)
+        result = filter_.apply(_doc(text))
+        assert result.kept == kept, (length, result.scores)
         if not kept:
             assert result.reason == f"gopher_repetition:duplicate_{n}gram"
 
 
-def test_duplicated_ngram_overlaps_count_characters_once():
-    words = ["aaa"] * 12  # every 5-gram repeats and overlaps; coverage is 100%, not more
-    scores = GopherRepetition().score(_doc(" ".join(words)))
-    assert scores["duplicate_5gram_char_fraction"] == 1.0
-    assert scores["top_2gram_char_fraction"] == 1.0
+def test_duplicated_ngram_overlaps_are_skipped_like_datatrove():
+    # "aaa" x 12 (48 characters): the scan keeps the first 5-gram, then finds repeats at words 1
+    # and 6 and jumps 5 words after each: 2 x 15 characters = 0.625 of the text, not 1.0.
+    words = ["aaa"] * 12
+    scores = GopherRepetition().score(_doc(" ".join(words) + " "))
+    assert scores["duplicate_5gram_char_fraction"] == 30 / 48
+    assert scores["top_2gram_char_fraction"] == 11 * 7 / 48  # overlapping copies all count
+    strict = GopherRepetition(count_first_occurrences=True).score(_doc(" ".join(words) + " "))
+    assert strict["duplicate_5gram_char_fraction"] == 36 / 48  # every word, each once
     clean = GopherRepetition().apply(_doc(" ".join(_prose(200))))
     assert clean.kept, clean.scores
 
 
 # ------------------------------------------------- C4 (T5 paper §2.2, TFDS c4_utils.clean_page)
+# These are the TFDS rules, registered as `c4_tfds` (the `c4` filter is C4 as FineWeb ran it:
+# tests/test_curate_defaults.py).
 
 
 def _line(num_words, end=".", seed=0):
@@ -230,7 +250,7 @@ def _line(num_words, end=".", seed=0):
 def test_c4_keeps_lines_of_five_words_and_drops_four():
     five, four = _line(5, seed=1), _line(4, seed=2)
     page = "\n".join([_line(8, seed=3), five, four, _line(9, seed=4)])
-    result = _decide(C4Quality(), page)
+    result = _decide(C4TfdsQuality(), page)
     assert result.kept
     assert result.document.text.split("\n") == [_line(8, seed=3), five, _line(9, seed=4)]
     assert result.scores["lines_dropped_too_few_words"] == 1
@@ -238,18 +258,18 @@ def test_c4_keeps_lines_of_five_words_and_drops_four():
 
 def test_c4_needs_three_sentences_per_page_not_five():
     three = "\n".join(_line(6, seed=i) for i in range(3))
-    assert _decide(C4Quality(), three).kept  # datatrove's swapped defaults would drop this page
+    assert _decide(C4TfdsQuality(), three).kept  # datatrove's swapped defaults would drop this page
     two = "\n".join(_line(6, seed=i) for i in range(2))
-    assert _decide(C4Quality(), two).reason == "c4:too_few_sentences"
+    assert _decide(C4TfdsQuality(), two).reason == "c4_tfds:too_few_sentences"
     # Sentences, not lines: two lines holding three sentences between them pass.
     two_lines_three_sentences = _line(6, seed=7) + " Second one here now. Third one is here.\n"
-    assert _decide(C4Quality(), two_lines_three_sentences + _line(6, seed=8)).kept
+    assert _decide(C4TfdsQuality(), two_lines_three_sentences + _line(6, seed=8)).kept
 
 
 def test_c4_end_marks_ellipsis_and_citations():
     body = "\n".join(_line(6, seed=i) for i in range(3))
     result = _decide(
-        C4Quality(),
+        C4TfdsQuality(),
         body + "\nThis line has no end mark at all\nThis line trails off into nothing...\n"
         'He said it was "a fine day for it"\nThe study was published in 2019.[12]',
     )
@@ -264,7 +284,7 @@ def test_c4_javascript_and_policy_lines_are_dropped():
     page = (
         body + "\nPlease enable JavaScript to view this page.\nRead our Privacy Policy for details."
     )
-    result = _decide(C4Quality(), page)
+    result = _decide(C4TfdsQuality(), page)
     assert result.kept and result.document.text == body
     assert result.scores["lines_dropped_javascript"] == 1
     assert result.scores["lines_dropped_policy"] == 1
@@ -272,22 +292,22 @@ def test_c4_javascript_and_policy_lines_are_dropped():
 
 def test_c4_lorem_ipsum_and_curly_bracket_drop_the_page_only_on_kept_lines():
     body = "\n".join(_line(6, seed=i) for i in range(3))
-    assert _decide(C4Quality(), body + "\nLorem ipsum dolor sit amet, consectetur.").reason == (
-        "c4:lorem_ipsum"
+    assert _decide(C4TfdsQuality(), body + "\nLorem ipsum dolor sit amet, consectetur.").reason == (
+        "c4_tfds:lorem_ipsum"
     )
-    assert _decide(C4Quality(), body + "\nfunction f() { return x; } is code here.").reason == (
-        "c4:curly_bracket"
+    assert _decide(C4TfdsQuality(), body + "\nfunction f() { return x; } is code here.").reason == (
+        "c4_tfds:curly_bracket"
     )
     # A '{' on a line already dropped for length does not condemn the page (TFDS order).
-    assert _decide(C4Quality(), body + "\n{ x }.").kept
+    assert _decide(C4TfdsQuality(), body + "\n{ x }.").kept
 
 
 def test_c4_word_length_limit():
     body = "\n".join(_line(6, seed=i) for i in range(3))
     ok = f"The word {'a' * 1000} is long but allowed."
     too_long = f"The word {'a' * 1001} is too long here."
-    assert ok in _decide(C4Quality(), body + "\n" + ok).document.text
-    result = _decide(C4Quality(), body + "\n" + too_long)
+    assert ok in _decide(C4TfdsQuality(), body + "\n" + ok).document.text
+    result = _decide(C4TfdsQuality(), body + "\n" + too_long)
     assert too_long not in result.document.text
     assert result.scores["lines_dropped_too_long_word"] == 1
 
@@ -333,11 +353,12 @@ def test_fineweb_duplicate_line_characters():
 
 
 def test_fineweb_newline_to_word_ratio():
-    three_words = [" ".join(_distinct_words(3, 11, seed=i)) + "." for i in range(10)]
-    at_limit = "\n".join(three_words)  # 9 newlines / 30 words
+    # Words are NLTK-style tokens as in datatrove: the final "." of each line is one.
+    three_tokens = [" ".join(_distinct_words(2, 15, seed=i)) + "." for i in range(10)]
+    at_limit = "\n".join(three_tokens)  # 9 newlines / 30 tokens
     assert _decide(FineWebQuality(), at_limit).kept
-    two_words = " ".join(_distinct_words(2, 15, seed=50)) + "."
-    over = "\n".join(three_words[:9] + [two_words])  # 9 / 29
+    two_tokens = _distinct_words(1, 30, seed=50)[0] + "."
+    over = "\n".join(three_tokens[:9] + [two_tokens])  # 9 / 29
     assert _decide(FineWebQuality(), over).reason == "fineweb:list_like"
     assert _decide(FineWebQuality(), "").reason == "fineweb:empty"
 
@@ -419,6 +440,23 @@ def test_length_bounds_on_chars_words_and_lines():
     assert _decide(LengthFilter(max_chars=3), "abcd").reason == "length:too_many_chars"
 
 
+# ------------------------------------------------- code (Codex §3.1, The Stack, StarCoder §3)
+
+
+def test_code_quality_line_lengths_and_alphanumeric_fraction():
+    def code(*lines):
+        return _decide(CodeQuality(), "\n".join(lines))
+
+    short_lines = ["x = 1"] * 20  # keep the mean line length low
+    assert code("x" * 1000, *short_lines).kept
+    assert code("x" * 1001, *short_lines).reason == "code_quality:max_line_length"
+    assert code("y" * 150, "z" * 50).kept  # mean 100
+    assert code("y" * 151, "z" * 50).reason == "code_quality:mean_line_length"
+    quarter = "ab" + "  " * 3  # 2 alphanumeric of 8 characters: 0.25
+    assert code(quarter).kept
+    assert code("a" + " " * 4).reason == "code_quality:alphanumeric_fraction"  # 0.2
+
+
 # ------------------------------------------------------------------- registry, chains, re-tuning
 
 
@@ -460,12 +498,15 @@ def test_stored_scores_re_decide_without_recomputing():
 
 def test_c4_rewrite_flows_to_the_next_filter():
     page = "\n".join(_line(6, seed=i) for i in range(3)) + "\nmenu home about"
-    result = filters.apply_filters(_doc(page), [C4Quality(), LengthFilter(max_lines=3)])
+    result = filters.apply_filters(_doc(page), [C4TfdsQuality(), LengthFilter(max_lines=3)])
     assert result.kept and "menu" not in result.document.text
 
 
-def test_throughput_report_per_filter_family():
+def test_throughput_report_per_filter_family(tmp_path):
     """Not a speed assertion (DESIGN.md): prints docs/s per filter on ~400-word web-like pages."""
+    eval_set = tmp_path / "eval.txt"
+    eval_set.write_text(" ".join(_distinct_words(20, 6, seed=123)) + "\n")
+    settings = {"language": {"languages": ()}, "decontaminate": {"eval_sets": {"e": eval_set}}}
     pages = []
     for i in range(100):
         lines = [
@@ -477,7 +518,7 @@ def test_throughput_report_per_filter_family():
     for name in filters.registered_names():
         if name == "perplexity":
             continue  # needs a trained scorer model: tests/test_curate_perplexity.py
-        filter_ = filters.get(name, languages=()) if name == "language" else filters.get(name)
+        filter_ = filters.get(name, **settings.get(name, {}))
         filter_.apply(pages[0])  # warm-up: model loading, regex compilation
         started = time.perf_counter()
         for page in pages:

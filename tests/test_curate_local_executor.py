@@ -1,14 +1,17 @@
 """The local executor: completion markers, resumption after a crash, identical outputs."""
 
 import json
+import tempfile
 
+import gcs_emulator  # pytest puts tests/ on sys.path
+import gcsfs
 import pytest
 
 from jaxpretrain.curate import config as data_config
-from jaxpretrain.curate import prepare
-from jaxpretrain.curate.executors import local
+from jaxpretrain.curate import prepare, stages
+from jaxpretrain.curate.executors import local, local_units
 
-_PROCESS_UNIT = local._process_unit
+_PROCESS_UNIT = local_units.process_unit
 _PROSE = "The river of the valley and the hills is quiet with birds in the morning. "
 
 
@@ -35,8 +38,9 @@ def _config(corpus, workers=1):
     cfg.filters.chain = ("length",)
     cfg.tokenizer.vocab_size = 450
     cfg.split.validation_fraction = 0.2
-    cfg.output.shards_per_source = 2
+    cfg.output.shard_bytes = 1 << 10  # several shards per source and split
     cfg.executor.workers = workers
+    cfg.executor.keep_work = True
     return cfg
 
 
@@ -66,7 +70,7 @@ def _count_units(monkeypatch, crash_after=None):
         processed.append(unit.shard.index)
         return original(cfg, curator, unit, unit_dir, limit)
 
-    monkeypatch.setattr(local, "_process_unit", counting)
+    monkeypatch.setattr(local_units, "process_unit", counting)
     return processed
 
 
@@ -100,8 +104,8 @@ def test_finished_run_reruns_no_unit_and_a_changed_config_starts_over(
     assert processed == []
     assert _outputs(tmp_path) == reference
     # A unit directory without its marker (killed mid-write) is redone.
-    marker = next((tmp_path / ".work" / "units").glob("web-000002/DONE"))
-    marker.unlink()
+    units = stages.list_work_units(_config(corpus))
+    (tmp_path / ".work" / "units" / local.unit_dirname(units[2]) / "DONE").unlink()
     prepare.prepare_from_config(_config(corpus), tmp_path, progress=False)
     assert processed == [2]
     changed = _config(corpus)
@@ -118,3 +122,67 @@ def test_process_pool_gives_the_same_output(corpus, tmp_path, reference):
     assert report["dedup"]["exact"]["removed"] == 5  # part-9 repeats part-0
     removed = [json.loads(line) for line in (tmp_path / "removed.jsonl").read_text().splitlines()]
     assert {r["duplicate_of"] for r in removed} == {f"web:part-0.jsonl:{i}" for i in range(1, 6)}
+
+
+def _kill_while_reading(monkeypatch):
+    """Makes the next unit die after reading one document, as a killed process would."""
+    original = stages.read_work_unit
+
+    def dying(*args, **kwargs):
+        yield next(original(*args, **kwargs))
+        raise SimulatedKill("killed while reading")
+
+    monkeypatch.setattr(stages, "read_work_unit", dying)
+
+
+def test_folders_of_a_killed_run_are_removed_and_work_is_deleted_after_success(
+    corpus, tmp_path, monkeypatch, reference
+):
+    _kill_while_reading(monkeypatch)
+    with pytest.raises(SimulatedKill):
+        prepare.prepare_from_config(_config(corpus), tmp_path, progress=False)
+    monkeypatch.undo()
+    units = tmp_path / ".work" / "units"
+    (leftover,) = units.glob("*.tmp-*")
+    leftover.rename(units / f"{leftover.name.rsplit('-', 1)[0]}-999999")  # another process's
+    prepare.prepare_from_config(_config(corpus), tmp_path, progress=False)
+    assert list(units.glob("*.tmp-*")) == []
+    assert len(list(units.iterdir())) == 7
+
+    cfg = _config(corpus)
+    cfg.executor.keep_work = False
+    prepare.prepare_from_config(cfg, tmp_path, progress=False)
+    assert not (tmp_path / ".work").exists()
+    assert _outputs(tmp_path) == reference
+
+
+def test_work_dir_holds_the_work_and_must_be_local(corpus, tmp_path, reference):
+    cfg = _config(corpus)
+    cfg.executor.work_dir = str(tmp_path / "scratch")
+    output = tmp_path / "output"
+    prepare.prepare_from_config(cfg, output, progress=False)
+    assert not (output / ".work").exists()
+    assert len(list((tmp_path / "scratch" / "units").glob("*/DONE"))) == 7
+    assert _outputs(output) == reference
+
+    cfg.executor.work_dir = "gs://bucket/work"
+    with pytest.raises(ValueError, match="executor.work_dir='gs://bucket/work' is a URL"):
+        prepare.prepare_from_config(cfg, output, progress=False)
+
+
+def test_a_gs_output_is_written_to_the_bucket_with_the_work_on_local_disk(
+    corpus, tmp_path, monkeypatch, reference
+):
+    server, settings = gcs_emulator.start("bucket")
+    try:
+        for key, value in settings.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+        prepare.prepare_from_config(_config(corpus), "gs://bucket/prepared", progress=False)
+        storage = gcsfs.GCSFileSystem(skip_instance_cache=True, use_listings_cache=False)
+        storage.get("bucket/prepared/", str(tmp_path / "downloaded"), recursive=True)
+    finally:
+        server.stop()
+    assert _outputs(tmp_path / "downloaded") == reference
+    (work,) = (tmp_path / "scratch" / "jaxpretrain-curate").iterdir()
+    assert len(list((work / "units").glob("*/DONE"))) == 7

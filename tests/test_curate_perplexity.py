@@ -30,7 +30,7 @@ def scorer_workdir(tmp_path_factory):
         (corpus / f"page_{index:02d}.txt").write_text(" ".join(lines) + "\n")
     workdir = tmp_path_factory.mktemp("scorer")
     data_dir = workdir / "data"
-    prepare_lib.prepare(str(data_dir), str(corpus), vocab_size=512, num_shards=1)
+    prepare_lib.prepare(str(data_dir), str(corpus), vocab_size=512, shard_bytes=1 << 30)
 
     config = config_lib.default_config()
     config.model.update(

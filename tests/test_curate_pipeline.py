@@ -69,7 +69,7 @@ def _config(corpus, **changes):
     cfg.filters.chain = ("length", "gopher_quality")
     cfg.tokenizer.vocab_size = 450
     cfg.split.validation_fraction = 0.2
-    cfg.output.shards_per_source = 2
+    cfg.output.shard_bytes = 1 << 10  # several shards per source and split
     cfg.executor.workers = 1
     for key, value in changes.items():
         cfg[key] = value
@@ -148,7 +148,7 @@ def test_manifest_has_shards_per_source_and_split_with_mixture_weights(prepared)
     assert [source["name"] for source in manifest.sources] == ["web", "code"]
     assert manifest.source_weights() == pytest.approx({"web": 0.75, "code": 0.25})
     files = [shard.file for shard in manifest.split("train").shards]
-    assert files[0] == "web/train-00000-of-00002.array_record"
+    assert files[0] == "web/train-p00000-00000.array_record"
     assert {shard.source for shard in manifest.split("train").shards} == {"web", "code"}
     assert manifest.split("train").documents + manifest.split("validation").documents == 7
     assert manifest_lib.is_prepared(prepared)
@@ -186,9 +186,10 @@ def test_stage_functions_are_deterministic():
     cfg = data_config.default_data_config()
     doc = Document(id="x", text=_prose(0), source="web")
     assert stages.exact_dedup_key(doc) == stages.exact_dedup_key(doc.replace(text=doc.text.upper()))
-    keys = stages.minhash_band_keys(doc, cfg)
-    assert len(keys) == cfg.dedup.minhash.bands and keys[0].startswith("0:")
-    assert stages.minhash_band_keys(doc.replace(text="... !!!"), cfg) == []
+    signatures = stages.minhash_signatures([doc.text, doc.text.upper(), "... !!!"], cfg)
+    keys = stages.band_key_array(signatures, cfg)
+    assert keys.shape == (3, cfg.dedup.minhash.bands) and (keys[0] == keys[1]).all()
+    assert stages.has_words(signatures).tolist() == [True, True, False]
     assert stages.assign_split(doc, cfg) in ("train", "validation")
     outcome = stages.Curator(cfg).process(doc.replace(text="Too short."))
     assert outcome.document is None and outcome.removal["stage"] == "filter"

@@ -9,7 +9,7 @@ from array_record.python.array_record_module import ArrayRecordReader
 
 from jaxpretrain.curate import finalize as finalize_lib
 from jaxpretrain.curate import prepare as prepare_lib
-from jaxpretrain.curate import sources
+from jaxpretrain.curate import sources, stages
 from jaxpretrain.curate.clean import clean_document
 from jaxpretrain.data import manifest as manifest_lib
 from jaxpretrain.tokenizer import Tokenizer
@@ -135,13 +135,13 @@ def test_module_docstrings_collects_module_class_and_function_docs():
 
 def test_split_uses_a_stable_hash_and_keeps_derived_documents_with_their_original():
     ids = [f"source:file_{index}.txt" for index in range(2_000)]
-    chosen = [doc_id for doc_id in ids if prepare_lib.is_validation_document(doc_id, 0.1)]
+    chosen = [doc_id for doc_id in ids if stages.is_validation_document(doc_id, 0.1)]
     assert 150 < len(chosen) < 250
     # Fixed expectations: the hash must not change between Python processes or versions.
     assert chosen[:3] == _EXPECTED_FIRST_VALIDATION_IDS
     for doc_id in chosen[:20]:
-        assert prepare_lib.is_validation_document(doc_id + "#docstrings", 0.1)
-    assert not any(prepare_lib.is_validation_document(doc_id, 0.0) for doc_id in ids)
+        assert stages.is_validation_document(doc_id + "#docstrings", 0.1)
+    assert not any(stages.is_validation_document(doc_id, 0.0) for doc_id in ids)
 
 
 _EXPECTED_FIRST_VALIDATION_IDS = ["source:file_6.txt", "source:file_24.txt", "source:file_32.txt"]
@@ -158,17 +158,16 @@ def _records(path):
 def test_prepare_writes_shards_tokenizer_and_manifest(corpus, tmp_path):
     output = tmp_path / "prepared"
     manifest_path = prepare_lib.prepare(
-        output, str(corpus), vocab_size=512, validation_fraction=0.25, num_shards=3
+        output, str(corpus), vocab_size=512, validation_fraction=0.25
     )
     assert manifest_path == str(output / "manifest.json")
     assert manifest_lib.is_prepared(output)
     manifest = manifest_lib.read_manifest(output)
     assert manifest.vocab_size == 512 and manifest.special_ids.pad == 0
-    assert [shard.file for shard in manifest.split("train").shards] == [
-        "corpus/train-00000-of-00003.array_record",
-        "corpus/train-00001-of-00003.array_record",
-        "corpus/train-00002-of-00003.array_record",
-    ]
+    # Shards are cut by output.shard_bytes, not counted: the small input files are read as one
+    # partition (units are grouped until shard_bytes), which writes one shard per split.
+    files = [shard.file for shard in manifest.split("train").shards]
+    assert files == ["corpus/train-p00000-00000.array_record"]
     train, validation = manifest.split("train"), manifest.split("validation")
     assert train.documents + validation.documents == 18 and validation.documents > 0
     report = manifest.report["sources"][0]
@@ -236,3 +235,11 @@ def test_prepare_rejects_bad_options(tmp_path, corpus):
     (empty / "blank.txt").write_text("   \n")
     with pytest.raises(ValueError, match="No document survived curation"):
         prepare_lib.prepare(tmp_path / "out", str(empty))
+
+
+def test_prepare_cuts_shards_at_shard_bytes(corpus, tmp_path):
+    prepare_lib.prepare(tmp_path, str(corpus / "sub" / "more.jsonl.gz"), vocab_size=512,
+                        validation_fraction=0.0, shard_bytes=4)  # fmt: skip
+    manifest = manifest_lib.read_manifest(tmp_path)
+    # One gzipped file is one partition; each of its 2 documents fills a 4-byte shard.
+    assert [shard.documents for shard in manifest.split("train").shards] == [1, 1]

@@ -140,7 +140,11 @@ def test_directory_source_walks_sorted_and_records_hidden_and_foreign_files(tmp_
     assert _skips(report, root) == {
         (".cache", None, "hidden directory"),
         ("empty.jsonl", None, "empty file"),
-        ("notes.txt", None, "not a jsonl file (.jsonl, .jsonl.gz)"),
+        (
+            "notes.txt",
+            None,
+            "not a jsonl file (.jsonl, .jsonl.gz, .jsonl.zst, .json.gz, .json.zst)",
+        ),
     }
 
 

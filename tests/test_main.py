@@ -23,7 +23,7 @@ def get_config():
     config.train.update(steps=4, batch_size=8, seq_len=64, log_every=2, warmup_steps=1)
     config.checkpoint.update(every=2)
     config.eval.update(every=2, steps=1)
-    config.data.update(vocab_size=512, num_shards=1, validation_fraction=0.3)
+    config.data.update(vocab_size=512, shard_bytes=1 << 30, validation_fraction=0.3)
     config.sample.length = 8
     return config
 """

@@ -10,6 +10,8 @@ tokenizer), TensorStore's GCS driver (Orbax's arrays) and google-cloud-cpp (Arra
 import ast
 import json
 import os
+import random
+import string
 
 import gcs_emulator  # pytest puts tests/ on sys.path
 import gcsfs
@@ -89,21 +91,26 @@ def test_the_main_job_runs_resumes_and_evaluates_in_a_gs_workdir(gcs, data_dir, 
     assert sorted(os.listdir(tmp_path)) == ["tiny.py"]
 
 
-def test_a_remote_data_dir_without_prepared_data_is_one_clear_line(gcs, tmp_path):
+def test_a_remote_data_dir_without_prepared_data_is_prepared_there(gcs, tmp_path):
+    """Curation writes to gs:// too: the main job prepares its data into the bucket (the
+    curation work goes to local scratch and is deleted), then trains on it."""
     (tmp_path / "tiny.py").write_text(TINY_CONFIG)
-    (tmp_path / "corpus").mkdir()
-    (tmp_path / "corpus" / "a.txt").write_text("some text " * 100)
-    result = run_main(
-        "--config=tiny.py",
-        f"--workdir=gs://{BUCKET}/runs/nodata",
-        "--config.data.source=corpus",
-        cwd=tmp_path,
-    )
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert f"no prepared data in gs://{BUCKET}/runs/nodata/data" in last
-    assert "gcloud storage cp -r" in last
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = random.Random(0)
+    for index in range(12):
+        words = ("".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 8)))
+                 for _ in range(400))  # fmt: skip
+        (corpus / f"doc{index}.txt").write_text(" ".join(words))
+    workdir = f"gs://{BUCKET}/runs/prepares"
+    result = run_main("--config=tiny.py", f"--workdir={workdir}", "--config.data.source=corpus",
+                      cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads(storage().cat_file(f"{workdir}/data/manifest.json"))
+    assert sum(shard["documents"] for shard in manifest["splits"]["train"]["shards"]) > 0
+    assert "tokenizer.model" in names(f"{workdir}/data")
+    assert names(f"{workdir}/checkpoints") == ["2", "4"]
+    assert sorted(os.listdir(tmp_path)) == ["corpus", "tiny.py"]
 
 
 def test_a_corrupt_newest_gs_checkpoint_is_set_aside(gcs):

@@ -45,7 +45,7 @@ def short_documents_dir(tmp_path_factory):
         str(path),
         str(corpus),
         vocab_size=512,
-        num_shards=1,
+        shard_bytes=1 << 30,
         validation_fraction=0.3,
         progress=False,
     )

@@ -37,7 +37,7 @@ FULL_ROW = 48 + 12
 def data_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("data")
     prepare.prepare(
-        str(path), "stdlib", vocab_size=512, max_documents=40, num_shards=2, progress=False
+        str(path), "stdlib", vocab_size=512, max_documents=40, shard_bytes=1 << 14, progress=False
     )
     return str(path)
 

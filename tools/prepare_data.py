@@ -5,7 +5,10 @@
         --config.input_dir=/raw --config.executor.workers=16
 
 Any config key can be overridden with --config.KEY=VALUE (see jaxpretrain/curate/config.py).
-A rerun into the same --output skips the input shards already finished (resumable).
+--output may be a gs:// URL (the work then goes to a local scratch folder, or
+--config.executor.work_dir). A rerun after a failure skips the input files already finished
+and redoes those that changed; the work is deleted after success unless
+--config.executor.keep_work=True (then a rerun redoes only changed or added inputs).
 Progress bars go to stderr; the manifest path is printed on success.
 """
 
@@ -19,7 +22,9 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Data config file (configs/data/*.py).", lock_config=True
 )
-_OUTPUT = flags.DEFINE_string("output", None, "Directory to write the prepared data into.")
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Directory (or gs:// URL) to write the prepared data into."
+)
 flags.mark_flags_as_required(["config", "output"])
 
 

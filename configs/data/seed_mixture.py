@@ -8,20 +8,24 @@ A single source can be pointed elsewhere: --config.sources[0].path=/other/web. T
 sampling over source sizes instead of fixed weights: --config.mixture.mode=temperature
 --config.mixture.temperature=3.3 (p_i ∝ tokens_i^(1/T)).
 
-Web, books, wikipedia, academic and news go through the full prose filter chain (FineWeb's:
-language, Gopher repetition and quality, C4, FineWeb rules); code documents only through the
-length floor. Exact and MinHash near-duplicate removal run across all sources.
+Each source picks a filter chain of `filters.chains` (docs/data.md names where each rule comes
+from): web and news run FineWeb's chain (language, Gopher repetition and quality, C4 as FineWeb
+ran it, FineWeb's rules); books, wikipedia and academic text the `prose` chain (Gopher only: C4's
+curly-bracket rule would drop every LaTeX page); code the `code` chain (The Stack / StarCoder
+line-length and alphanumeric rules). Exact and MinHash near-duplicate removal run across all
+sources.
 """
 
 from jaxpretrain.curate import config as data_config
 
-SEED_WEIGHTS = (
-    ("web", 45.0),
-    ("books", 15.0),
-    ("wikipedia", 5.0),
-    ("code", 15.0),
-    ("academic", 10.0),
-    ("news", 10.0),
+# (source, weight, filter chain)
+SEED_SOURCES = (
+    ("web", 45.0, "fineweb"),
+    ("books", 15.0, "prose"),
+    ("wikipedia", 5.0, "prose"),
+    ("code", 15.0, "code"),
+    ("academic", 10.0, "prose"),
+    ("news", 10.0, "fineweb"),
 )
 
 
@@ -35,10 +39,9 @@ def get_config():
             path=name,
             weight=weight,
             kind="code" if name == "code" else "auto",
+            filter_chain=chain,
         )
-        for name, weight in SEED_WEIGHTS
+        for name, weight, chain in SEED_SOURCES
     ]
     c.tokenizer.vocab_size = 32_000
-    c.output.shards_per_source = 64
-    c.output.validation_shards_per_source = 4
     return c

@@ -11,7 +11,9 @@ Config files under `configs/data/` start from `default_data_config()` and change
 Keys (defaults in brackets, sources of the defaults in the comments next to each value):
   sources: list of source ConfigDicts, each with exactly the fields of `sources.SourceSpec`
     (name, type, path, text_field, id_field, kind, weight, tfds_name, tfds_split, seqio_task,
-    seqio_split, max_documents). `name` names the output shards; `weight` is its mixture weight.
+    seqio_split, max_documents, filter_chain, metadata_fields, max_document_bytes). `name`
+    names the output shards; `weight` is its mixture weight; `path` may be gs://; a document
+    over `max_document_bytes` [8 MiB] is skipped unread, with a reason in the report.
   input_dir: a relative source `path` is joined to it [''] (lets a config name files by a base dir).
   mixture.mode: 'weights' (p_i ∝ weight_i^(1/T)) or 'temperature' (p_i ∝ tokens_i^(1/T), the
     multilingual "temperature sampling" over source sizes) ['weights'].
@@ -20,6 +22,8 @@ Keys (defaults in brackets, sources of the defaults in the comments next to each
   filters.chain: filter names run in order (see `filters.registered_names()`).
   filters.settings.<name>: settings overriding that filter's defaults.
   filters.code_chain: filters run on 'code' documents (prose filters would drop code) [length].
+  filters.chains.<name>: named filter chains; a source's `filter_chain` picks one for all its
+    documents ('' = filters.chain / filters.code_chain by kind) [fineweb, prose, code].
   filters.score_all: score every filter even after one rejected, so any threshold can be
     re-tuned from scores.jsonl [True].
   dedup.exact: exact dedup of normalised text [True].
@@ -27,11 +31,20 @@ Keys (defaults in brackets, sources of the defaults in the comments next to each
   dedup.max_records_in_memory: hash/bucket records held before spilling a sorted run [4M].
   tokenizer.vocab_size, tokenizer.model_type ('bpe'|'unigram'), tokenizer.seed,
   tokenizer.path: an existing SentencePiece model to reuse instead of training one [''].
+  tokenizer.max_training_bytes: UTF-8 bytes of train text the tokenizer learns from, taken by a
+    stable hash of document ids (the same sample for any number of workers) [64 MiB].
   split.validation_fraction: share of documents (by a stable hash of the id) in validation.
-  output.shards_per_source, output.validation_shards_per_source: ArrayRecord shards per split.
+  output.shard_bytes: a new ArrayRecord shard of a source and split is started once the
+    current one holds this many bytes of tokens (4 per token) [256 MiB].
+  output.sort_buffer_bytes: removed.jsonl lines sorted in memory before a run spills [64 MiB].
   output.examples_per_reason: removed documents quoted in report.json per removal reason.
   executor.name: 'local' (multiprocess, resumable) or 'beam' (see docs/scale_out.md).
   executor.workers: worker processes of the local executor; 0 = all cores, 1 = in process.
+  executor.work_dir: the local executor's resumable work (units, dedup) ['' = OUTPUT/.work,
+    or a folder under the system's temporary directory when the output is a gs:// URL].
+  executor.keep_work: keep the work files after a successful run [False: deleted]. Local
+    executor: ~3x the input on disk, and a rerun then redoes only changed inputs (without it a
+    rerun starts over). Beam: the workers' per-document outputs under beam_work_dir.
   executor.beam_options: Beam pipeline flags as one string, e.g. '--runner=DataflowRunner
     --project=P --region=R --temp_location=gs://B/tmp' [DirectRunner].
   executor.beam_work_dir: where Beam workers write intermediate files [OUTPUT/.work/beam].
@@ -41,6 +54,7 @@ Keys (defaults in brackets, sources of the defaults in the comments next to each
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 
 import ml_collections
@@ -52,9 +66,10 @@ from jaxpretrain.curate.dedup.minhash import MinHashConfig
 MIXTURE_MODES = ("weights", "temperature")
 EXECUTORS = ("local", "beam")
 
-# Prose quality chain for web text (FineWeb's order: language, Gopher repetition and quality, C4,
-# FineWeb's own rules), after a cheap length floor so empty leftovers never reach langid.
-DEFAULT_FILTER_CHAIN = (
+# What FineWeb ran on web text (datatrove examples/fineweb.py, in its order: language, Gopher
+# repetition and quality, C4 with lines without end marks kept, FineWeb's own rules), after a
+# cheap length floor so empty leftovers never reach langid.
+FINEWEB_FILTER_CHAIN = (
     "length",
     "language",
     "gopher_repetition",
@@ -62,6 +77,12 @@ DEFAULT_FILTER_CHAIN = (
     "c4",
     "fineweb",
 )
+# Edited prose (books, wikipedia, papers): Gopher's rules only; C4's curly-bracket and FineWeb's
+# line rules would drop LaTeX, tables and verse that are fine there.
+PROSE_FILTER_CHAIN = ("length", "gopher_repetition", "gopher_quality")
+# Source code: line-length and alphanumeric rules of Codex / The Stack / StarCoder.
+CODE_FILTER_CHAIN = ("length", "code_quality")
+DEFAULT_FILTER_CHAIN = FINEWEB_FILTER_CHAIN
 # Code has no sentences, stop words or end marks: only the length floor applies.
 DEFAULT_CODE_FILTER_CHAIN = ("length",)
 
@@ -108,6 +129,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.filters = ml_collections.ConfigDict()
     c.filters.chain = DEFAULT_FILTER_CHAIN
     c.filters.code_chain = DEFAULT_CODE_FILTER_CHAIN
+    c.filters.chains = ml_collections.ConfigDict(
+        {"fineweb": FINEWEB_FILTER_CHAIN, "prose": PROSE_FILTER_CHAIN, "code": CODE_FILTER_CHAIN}
+    )
     # Length floor: FineWeb/Gopher drop pages under 50 words later; this only removes leftovers
     # that cleaning emptied, so that every later filter sees text.
     c.filters.settings = ml_collections.ConfigDict({"length": {"min_chars": 1}})
@@ -120,11 +144,17 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.dedup.max_records_in_memory = 1 << 22  # ~100 MB of 24-byte records
 
     c.tokenizer = ml_collections.ConfigDict(
-        {"vocab_size": 4096, "model_type": "bpe", "path": "", "seed": 0}
+        {
+            "vocab_size": 4096,
+            "model_type": "bpe",
+            "path": "",
+            "seed": 0,
+            "max_training_bytes": 1 << 26,
+        }
     )
     c.split = ml_collections.ConfigDict({"validation_fraction": 0.05})
     c.output = ml_collections.ConfigDict(
-        {"shards_per_source": 4, "validation_shards_per_source": 1, "examples_per_reason": 3}
+        {"shard_bytes": 1 << 28, "sort_buffer_bytes": 1 << 26, "examples_per_reason": 3}
     )
     c.executor = ml_collections.ConfigDict(
         {
@@ -132,6 +162,8 @@ def default_data_config() -> ml_collections.ConfigDict:
             "workers": 0,
             "beam_options": "",
             "beam_work_dir": "",
+            "work_dir": "",
+            "keep_work": False,
             "components_max_rounds": 24,
         }
     )
@@ -150,6 +182,7 @@ def validate_data_config(cfg: ml_collections.ConfigDict) -> None:
     """
     from jaxpretrain.curate import filters as filters_lib
 
+    _check_known_keys(cfg, default_data_config())
     if not cfg.sources:
         _fail("sources", list(cfg.sources), "is empty; add at least one source")
     names = []
@@ -173,16 +206,25 @@ def validate_data_config(cfg: ml_collections.ConfigDict) -> None:
     if not float(cfg.mixture.temperature) > 0:
         _fail("mixture.temperature", cfg.mixture.temperature, "must be positive")
     known_filters = filters_lib.registered_names()
-    for key in ("chain", "code_chain"):
-        for name in cfg.filters[key]:
+    chains = {"chain": cfg.filters.chain, "code_chain": cfg.filters.code_chain}
+    chains.update({f"chains.{name}": chain for name, chain in cfg.filters.chains.items()})
+    for key, chain in chains.items():
+        for name in chain:
             if name not in known_filters:
                 _fail(f"filters.{key}", name, f"is not a registered filter {known_filters}")
+    for index, source in enumerate(cfg.sources):
+        if source.filter_chain and source.filter_chain not in cfg.filters.chains:
+            _fail(
+                f"sources[{index}].filter_chain",
+                source.filter_chain,
+                f"is not a chain of filters.chains {sorted(cfg.filters.chains)}; add it there",
+            )
     for name in cfg.filters.settings:
         if name not in known_filters:
             _fail(f"filters.settings.{name}", name, f"is not a registered filter {known_filters}")
     if not 0.0 <= cfg.split.validation_fraction < 1.0:
         _fail("split.validation_fraction", cfg.split.validation_fraction, "is outside [0, 1)")
-    for key in ("shards_per_source", "validation_shards_per_source"):
+    for key in ("shard_bytes", "sort_buffer_bytes"):
         if cfg.output[key] < 1:
             _fail(f"output.{key}", cfg.output[key], "must be at least 1")
     from jaxpretrain.tokenizer import MIN_VOCAB_SIZE
@@ -191,6 +233,8 @@ def validate_data_config(cfg: ml_collections.ConfigDict) -> None:
         _fail("tokenizer.vocab_size", cfg.tokenizer.vocab_size, f"is below {MIN_VOCAB_SIZE}")
     if cfg.tokenizer.path and not os.path.isfile(os.path.expanduser(cfg.tokenizer.path)):
         _fail("tokenizer.path", cfg.tokenizer.path, "is not a file; give a SentencePiece model")
+    if cfg.tokenizer.max_training_bytes < 1:
+        _fail("tokenizer.max_training_bytes", cfg.tokenizer.max_training_bytes, "must be >= 1")
     if cfg.tokenizer.model_type not in ("bpe", "unigram"):
         _fail("tokenizer.model_type", cfg.tokenizer.model_type, "is not 'bpe' or 'unigram'")
     if cfg.dedup.max_records_in_memory < 1:
@@ -210,6 +254,35 @@ def validate_data_config(cfg: ml_collections.ConfigDict) -> None:
             filters_lib.get(name, **_plain(cfg.filters.settings[name]))
         except (TypeError, ValueError) as error:
             raise ValueError(f"Data config filters.settings.{name} is invalid: {error}") from error
+
+
+# Sections whose keys are names chosen by the user (filter names, chain names), checked elsewhere.
+_OPEN_SECTIONS = ("filters.settings", "filters.chains")
+
+
+def _check_known_keys(
+    cfg: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, prefix: str = ""
+) -> None:
+    """Raises for a key the defaults do not have (a typo in a config file would otherwise be
+    ignored silently), naming the nearest valid key."""
+    for key in cfg:
+        dotted = f"{prefix}{key}"
+        if key not in reference:
+            valid = list(reference.keys())
+            nearest = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+            hint = (
+                f"did you mean {prefix + nearest[0]!r}?"
+                if nearest
+                else f"valid keys of {prefix.rstrip('.') or 'the data config'} are {valid}"
+            )
+            raise ValueError(f"Data config key {dotted!r} is not a known key; {hint}")
+        value, default = cfg[key], reference[key]
+        if (
+            isinstance(value, ml_collections.ConfigDict)
+            and isinstance(default, ml_collections.ConfigDict)
+            and dotted not in _OPEN_SECTIONS
+        ):
+            _check_known_keys(value, default, f"{dotted}.")
 
 
 def _plain(value):

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from jaxpretrain.curate.document import Document
-from jaxpretrain.curate.file_readers import record_id, record_text
+from jaxpretrain.curate.file_readers import record_document
 
 if TYPE_CHECKING:
     from jaxpretrain.curate.sources import InputShard, SourceReport, SourceSpec
@@ -69,21 +69,19 @@ def iter_tfds_shard(
     """Documents of one TFDS split range: `spec.text_field` of each example.
 
     Ids: `spec.id_field` when the example has it, else `<source>:<split range>:<index>` with a
-    1-based index inside the range. Report entries use the range as file and the index as line.
+    1-based index inside the range; `spec.metadata_fields` (e.g. C4's `url`) go into metadata.
+    Report entries use the range as file and the index as line.
     """
     tfds = import_optional("tensorflow_datasets", "tfds", spec.name)
     builder = tfds_builder(spec)
     dataset = builder.as_dataset(split=shard.location, shuffle_files=False)
-    kind = "text" if spec.kind == "auto" else spec.kind
     where = f"tfds:{spec.tfds_name}/{shard.location}"
+    id_prefix = f"{spec.name}:{shard.location}"
     for index, example in enumerate(tfds.as_numpy(dataset), start=1):
         if not isinstance(example, dict):
             report.skip(where, index, "TFDS example is not a dict of features")
             continue
-        text = record_text(example, spec.text_field, (where, index), report)
-        if text is not None:
-            doc_id = record_id(example, spec.id_field) or f"{spec.name}:{shard.location}:{index}"
-            yield Document(doc_id, text, source=spec.name, kind=kind)
+        yield from record_document(spec, example, (where, index), id_prefix, report)
 
 
 # --------------------------------------------------------------------------------------- seqio
@@ -131,13 +129,10 @@ def iter_seqio_shard(
     dataset = seqio_task(spec).source.get_dataset(
         split=split, shuffle=False, shard_info=seqio.ShardInfo(index, num_shards)
     )
-    kind = "text" if spec.kind == "auto" else spec.kind
     where = f"seqio:{spec.seqio_task}/{shard.location}"
+    id_prefix = f"{spec.name}:{shard.location}"
     for position, example in enumerate(dataset.as_numpy_iterator(), start=1):
         if not isinstance(example, dict):
             report.skip(where, position, "seqio example is not a dict of features")
             continue
-        text = record_text(example, spec.text_field, (where, position), report)
-        if text is not None:
-            doc_id = record_id(example, spec.id_field) or f"{spec.name}:{shard.location}:{position}"
-            yield Document(doc_id, text, source=spec.name, kind=kind)
+        yield from record_document(spec, example, (where, position), id_prefix, report)

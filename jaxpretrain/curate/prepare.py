@@ -21,12 +21,6 @@ import ml_collections
 
 from jaxpretrain.curate import config as config_lib
 from jaxpretrain.curate import executors, sources
-from jaxpretrain.curate.finalize import TOKENIZER_FILENAME, shard_filename  # noqa: F401
-from jaxpretrain.curate.stages import (  # noqa: F401 - re-exported for callers and tests
-    TRAIN_SPLIT,
-    VALIDATION_SPLIT,
-    is_validation_document,
-)
 
 
 def prepare_from_config(
@@ -52,8 +46,7 @@ def config_for_source(
     validation_fraction: float = 0.05,
     seed: int = 0,
     max_documents: int = -1,
-    num_shards: int = 4,
-    num_validation_shards: int = 1,
+    shard_bytes: int | None = None,
     tokenizer_model_type: str = "bpe",
     num_threads: int | None = None,
 ) -> ml_collections.ConfigDict:
@@ -69,8 +62,8 @@ def config_for_source(
       validation_fraction: expected fraction of documents in the validation split, in [0, 1).
       seed: seeds the tokenizer's training sample (the split does not depend on it).
       max_documents: read at most this many documents (in source order); -1 reads all.
-      num_shards: ArrayRecord shards for the train split (fewer if it has fewer documents).
-      num_validation_shards: shards for the validation split.
+      shard_bytes: a new ArrayRecord shard is started once one holds this many bytes of
+        tokens (None: the data config's default, `output.shard_bytes`).
       tokenizer_model_type: 'bpe' or 'unigram'.
       num_threads: worker processes and tokenizer threads (default: all cores).
     """
@@ -86,8 +79,8 @@ def config_for_source(
     cfg.tokenizer.model_type = tokenizer_model_type
     cfg.tokenizer.seed = seed
     cfg.split.validation_fraction = validation_fraction
-    cfg.output.shards_per_source = num_shards
-    cfg.output.validation_shards_per_source = num_validation_shards
+    if shard_bytes is not None:
+        cfg.output.shard_bytes = shard_bytes
     cfg.executor.workers = num_threads or 0
     return cfg
 
@@ -113,25 +106,16 @@ def ensure_prepared_data(config: ml_collections.ConfigDict, workdir: str) -> str
 
     With `data.curation` set, the data config file it names drives curation; otherwise the one
     source `data.source` is cleaned, exact-deduplicated and tokenized. Returns the directory
-    (`data.dir`, or WORKDIR/data).
+    (`data.dir`, or WORKDIR/data; a gs:// URL is written through, its work on local disk).
     """
     from absl import logging
 
     from jaxpretrain import config as run_config
-    from jaxpretrain import paths
     from jaxpretrain.data import manifest as manifest_lib
 
     data_dir = run_config.data_dir(config, workdir)
     if manifest_lib.is_prepared(data_dir):
         return data_dir
-    if paths.is_remote(data_dir):
-        # Curation reads and writes local folders (remote paths for it are planned).
-        raise FileNotFoundError(
-            f"no prepared data in {data_dir} (data.dir, or WORKDIR/data when unset), and data "
-            "is only prepared into local folders: prepare it on a local disk (a first run with "
-            "a local data.dir, or tools/prepare_data.py) and copy the folder there "
-            f"(gcloud storage cp -r LOCAL_DIR {data_dir}), or set data.dir to a local path."
-        )
     if config.data.curation:
         logging.info("no prepared data in %s: curating with %s", data_dir, config.data.curation)
         curation = run_config.load_config_file(config.data.curation, key="data.curation")
@@ -145,6 +129,6 @@ def ensure_prepared_data(config: ml_collections.ConfigDict, workdir: str) -> str
             validation_fraction=config.data.validation_fraction,
             seed=config.train.seed,
             max_documents=config.data.max_documents,
-            num_shards=config.data.num_shards,
+            shard_bytes=config.data.shard_bytes,
         )
     return data_dir

@@ -7,17 +7,22 @@ Counters are plain JSON dicts so any executor can produce, store and merge them:
     count_outcome(stats, doc, outcome, n)  # after clean + filters
     add_source_report(stats, report)       # inputs the source skipped (file, line, reason)
 
-`build_report` turns the unit stats, the dedup summaries and the output counts into report.json:
-documents (and characters, tokens where they exist) in and out per source and stage, removals
-per filter rule, dedup cluster statistics, bad inputs with file and line, and examples.
+`write_removals` sorts removal records out of core into removed.jsonl and counts them on the way
+(`RemovalTally`); `build_report` turns the unit stats, that tally, the dedup summaries and the
+output counts into report.json: documents (and characters, tokens where they exist) in and out
+per source and stage, removals per filter rule, dedup cluster statistics, bad inputs with file
+and line, and examples. Memory stays bounded whatever the number of removals.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import heapq
 import json
 import os
-from collections.abc import Iterable, Mapping
+import pathlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from jaxpretrain.curate.document import Document
@@ -103,7 +108,7 @@ def build_report(
     *,
     unit_stats: Iterable[dict[str, Any]],
     source_names: list[str],
-    removals: list[dict[str, str]],
+    removals: RemovalTally,
     dedup: Mapping[str, Any],
     outputs: Mapping[str, Mapping[str, Mapping[str, int]]],
     kept_characters: Mapping[str, int],
@@ -117,7 +122,7 @@ def build_report(
     Args:
       unit_stats: counters of every work unit (see `new_unit_stats`), in unit order.
       source_names: sources in config order.
-      removals: every removed.jsonl record.
+      removals: the tally of every removed.jsonl record (see `write_removals`).
       dedup: {'exact': dedup_summary | None, 'minhash': dedup_summary | None}.
       outputs: {source: {split: {'documents': n, 'tokens': n}}} of the written shards.
       kept_characters: {source: characters of the documents written}.
@@ -149,8 +154,7 @@ def build_report(
             listed = examples.setdefault(reason, [])
             listed.extend(quoted[: examples_per_reason - len(listed)])
 
-    dedup_removed = collections.Counter((r["source"], r["stage"]) for r in removals)
-    duplicate_examples = [r for r in removals if "duplicate_of" in r][:examples_per_reason]
+    dedup_removed = removals.by_source_and_stage
     sources_json = {}
     totals = {stage: {"documents_in": 0, "documents_out": 0} for stage in (*_STAGE_ORDER,)}
     for name, source in per_source.items():
@@ -189,10 +193,10 @@ def build_report(
             "skipped": source["skipped"],
         }
 
-    removed_by_reason = collections.Counter(r["reason"] for r in removals if r["stage"] == "filter")
-    removed_by_filter = collections.Counter(
-        reason.split(":", 1)[0] for reason in removed_by_reason.elements()
-    )
+    removed_by_reason = removals.filter_reasons
+    removed_by_filter: collections.Counter = collections.Counter()
+    for reason, count in removed_by_reason.items():
+        removed_by_filter[reason.split(":", 1)[0]] += count
     return {
         "sources": sources_json,
         "totals": totals,
@@ -203,7 +207,7 @@ def build_report(
         "dedup": dict(dedup),
         "examples": {
             "removed": dict(sorted(examples.items())),
-            "duplicates": duplicate_examples,
+            "duplicates": removals.duplicate_examples,
         },
         "mixture": dict(mixture),
         "seconds": dict(seconds),
@@ -216,6 +220,132 @@ def removal_sort_key(record: Mapping[str, str]) -> tuple:
     stage = record["stage"]
     rank = _STAGE_ORDER.index(stage) if stage in _STAGE_ORDER else len(_STAGE_ORDER)
     return rank, record["source"], record["id"]
+
+
+@dataclasses.dataclass
+class RemovalTally:
+    """What report.json needs from removed.jsonl, counted while it is written.
+
+    Attributes:
+      by_source_and_stage: removals per (source, stage).
+      filter_reasons: removals at stage 'filter' per reason ('<filter>:<rule>').
+      duplicate_examples: the first dedup removals (with `duplicate_of`) in removed.jsonl order.
+    """
+
+    examples_per_reason: int
+    by_source_and_stage: collections.Counter = dataclasses.field(
+        default_factory=collections.Counter
+    )
+    filter_reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    duplicate_examples: list[dict[str, str]] = dataclasses.field(default_factory=list)
+
+    def add(self, record: Mapping[str, str]) -> None:
+        self.by_source_and_stage[record["source"], record["stage"]] += 1
+        if record["stage"] == "filter":
+            self.filter_reasons[record["reason"]] += 1
+        if "duplicate_of" in record and len(self.duplicate_examples) < self.examples_per_reason:
+            self.duplicate_examples.append(dict(record))
+
+
+def write_removals(
+    path: str | os.PathLike,
+    removals: Iterable[Mapping[str, str]],
+    *,
+    scratch_dir: str | os.PathLike,
+    sort_buffer_bytes: int,
+    examples_per_reason: int,
+) -> RemovalTally:
+    """Writes removed.jsonl in `removal_sort_key` order and returns its tally.
+
+    An external sort: runs of at most `sort_buffer_bytes` of JSON lines are sorted in memory and
+    spilled to `scratch_dir` (deleted by the caller), then merged; memory holds one run while
+    sorting and one line per run while merging, never every removal.
+    """
+    tally = RemovalTally(examples_per_reason)
+
+    def counted(records: Iterator[Mapping[str, str]]) -> Iterator[Mapping[str, str]]:
+        for record in records:
+            tally.add(record)
+            yield record
+
+    write_jsonl(
+        path,
+        counted(external_sort(removals, removal_sort_key, scratch_dir, sort_buffer_bytes)),
+    )
+    return tally
+
+
+# Runs merged at once: each holds an open file, and a terabyte corpus's removals or scores make
+# thousands of runs (over the usual limit of 1,024 open files); more are merged in passes.
+MAX_MERGE_FAN_IN = 64
+
+
+def external_sort(
+    records: Iterable[Mapping[str, Any]],
+    key: Callable[[Mapping[str, Any]], tuple],
+    scratch_dir: str | os.PathLike,
+    buffer_bytes: int,
+) -> Iterator[dict[str, Any]]:
+    """`records` (JSON objects) sorted by `key`, holding about `buffer_bytes` of JSON text in
+    memory: full buffers are sorted and written as run files to `scratch_dir`, then merged,
+    at most `MAX_MERGE_FAN_IN` at a time. Records with equal keys come out in the order of
+    their JSON text, so the output never depends on the order records arrive in.
+
+    Keys must be tuples of strings and numbers (stored beside each line, so the merge never
+    recomputes them). For fixed-size numeric records `dedup.spill.SpillSorter` is leaner.
+    """
+    scratch = pathlib.Path(scratch_dir)
+    runs: list[pathlib.Path] = []
+    buffer: list[tuple[tuple, str]] = []  # (key, JSON line): a str is far smaller than a dict
+    buffered = 0
+    for record in records:
+        line = json.dumps(record, ensure_ascii=False, sort_keys=True)
+        buffer.append((key(record), line))
+        buffered += len(line)
+        if buffered >= buffer_bytes:
+            runs.append(_write_run(sorted(buffer), scratch / f"run_{len(runs):06d}"))
+            buffer, buffered = [], 0
+    if not runs:
+        for _, line in sorted(buffer):
+            yield json.loads(line)
+        return
+    if buffer:
+        runs.append(_write_run(sorted(buffer), scratch / f"run_{len(runs):06d}"))
+        buffer = []
+    merge_pass = 0
+    while len(runs) > MAX_MERGE_FAN_IN:
+        merge_pass += 1
+        groups = [runs[i : i + MAX_MERGE_FAN_IN] for i in range(0, len(runs), MAX_MERGE_FAN_IN)]
+        runs = [
+            _merge_runs(group, scratch / f"pass{merge_pass}_run_{index:06d}")
+            for index, group in enumerate(groups)
+        ]
+    for _, line in heapq.merge(*(_read_run(run) for run in runs)):
+        yield json.loads(line)
+
+
+def _merge_runs(runs: list[pathlib.Path], path: pathlib.Path) -> pathlib.Path:
+    """Merges sorted run files into one (then deletes them: disk holds each record once)."""
+    merged = _write_run(heapq.merge(*(_read_run(run) for run in runs)), path)
+    for run in runs:
+        run.unlink()
+    return merged
+
+
+def _write_run(sorted_lines: Iterable[tuple[tuple, str]], path: pathlib.Path) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as run:
+        for record_key, line in sorted_lines:
+            # JSON escapes tabs inside strings, so the first tab ends the key.
+            run.write(f"{json.dumps(record_key, ensure_ascii=False)}\t{line}\n")
+    return path
+
+
+def _read_run(path: pathlib.Path) -> Iterator[tuple[tuple, str]]:
+    with open(path, encoding="utf-8") as run:
+        for row in run:
+            record_key, line = row.rstrip("\n").split("\t", 1)
+            yield tuple(json.loads(record_key)), line
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> int:

@@ -2,33 +2,40 @@
 
 A source is described by a frozen `SourceSpec` (usually one entry of a data-mixture config):
 
-    spec = SourceSpec(name="web", type="jsonl", path="data/web/*.jsonl.gz", weight=0.45)
+    spec = SourceSpec(name="web", type="jsonl", path="gs://bucket/web/*.jsonl.zst", weight=0.45)
     check_source(spec)                       # clear errors before any work starts
     for shard in list_input_shards(spec):    # deterministic; one per file / TFDS shard / ...
+        shard_identity(spec, shard)          # changes when the shard's content may have changed
         for doc in iter_shard_documents(spec, shard, report): ...
 
 Types: 'stdlib' (the embedded corpus of the interpreter's standard library, see
-`stdlib_corpus.py`), 'files' (a file, directory or glob; by extension: `*.jsonl[.gz]` one document
-per line, `*.parquet` one per row, anything else one per file), 'jsonl', 'parquet', 'tfds' and
+`stdlib_corpus.py`), 'files' (a file, directory or glob, local or gs://; by extension:
+`*.jsonl`, `*.jsonl.gz`, `*.jsonl.zst`, `*.json.gz` (Dolma), `*.json.zst` one document per JSON
+line, `*.parquet` one per row, anything else one per file), 'jsonl', 'parquet', 'tfds' and
 'seqio' (extras; see `dataset_readers.py`).
 
 Nothing is dropped silently: each unusable input (bad JSON, missing or non-string field, invalid
-UTF-8, empty or binary file, hidden path, unreadable Parquet) is counted in a `SourceReport` with
-its file and line. `iter_documents(source, report)` is the older string form ('stdlib' or a path).
+UTF-8, a document over `max_document_bytes`, an empty, binary or wrongly compressed file, a
+hidden path, unreadable Parquet) is counted in a `SourceReport` with its file and line, a damaged
+file once. `iter_documents(source, report)` is the older string form ('stdlib' or a path).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import itertools
 import math
 import os
 import pathlib
+import platform
 import re
+import sys
 from collections.abc import Iterator
 from typing import Any
 
+from jaxpretrain import paths
 from jaxpretrain.curate import dataset_readers, file_readers
 from jaxpretrain.curate.document import DOCUMENT_KINDS, Document
 from jaxpretrain.curate.file_readers import CODE_SUFFIXES  # noqa: F401 - re-exported
@@ -71,6 +78,8 @@ class SourceSpec:
         `filters.code_chain` for code.
       metadata_fields: record fields (JSONL keys, Parquet columns) carried into
         `Document.metadata` (a URL blocklist and URL-level dedup read `url`).
+      max_document_bytes: a document (a JSON line, a Parquet row's text, a whole file) over
+        this many bytes is skipped with a reason in the report, never loaded whole.
     """
 
     name: str
@@ -87,9 +96,12 @@ class SourceSpec:
     max_documents: int = -1
     filter_chain: str = ""
     metadata_fields: tuple[str, ...] = ("url",)
+    max_document_bytes: int = file_readers.DEFAULT_MAX_DOCUMENT_BYTES
 
     def __post_init__(self) -> None:
         validate_source_spec(self)
+        # A config gives a list; a tuple keeps the spec hashable (and cacheable).
+        object.__setattr__(self, "metadata_fields", tuple(self.metadata_fields))
 
 
 def is_valid_source_name(name: str) -> bool:
@@ -105,11 +117,11 @@ def spec_for(source: str, max_documents: int = -1) -> SourceSpec:
     """
     if source == STDLIB_SOURCE:
         return SourceSpec(name=STDLIB_SOURCE, type="stdlib", max_documents=max_documents)
-    path = pathlib.Path(source).expanduser()
+    path = file_readers.as_input_path(source)
     if not path.exists():
         raise FileNotFoundError(
             f"Data source {source!r} does not exist; pass 'stdlib' for the embedded corpus "
-            "or an existing directory or .txt/.md/.py/.jsonl/.jsonl.gz/.parquet file."
+            "or an existing directory, gs:// folder, or text, JSON-lines or Parquet file."
         )
     name = path.name if is_valid_source_name(path.name) else "files"
     return SourceSpec(name=name, type="files", path=str(path), max_documents=max_documents)
@@ -149,6 +161,11 @@ def validate_source_spec(spec: SourceSpec) -> None:
         isinstance(field, str) and field for field in spec.metadata_fields
     ):
         fail("metadata_fields", "list record field names as non-empty strings")
+    count = spec.max_document_bytes
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        fail("max_document_bytes", "use a byte count >= 1 (the default is 8 MiB)")
+    if paths.is_remote(spec.path) and "**" in spec.path:
+        fail("path", "'**' is not supported on object stores; name the folder (read recursively)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,27 +234,44 @@ def check_source(spec: SourceSpec) -> None:
     """
     validate_source_spec(spec)
     if spec.type in _PATH_TYPES:
-        _, inputs = file_readers.expand_path(spec.path)
-        if not inputs:
-            missing = (
-                "matches no file" if file_readers.is_glob_pattern(spec.path) else ("does not exist")
-            )
-            raise FileNotFoundError(
-                f"Source {spec.name!r}: path {spec.path!r} {missing}; fix the source's `path`."
-            )
-        for item in inputs:
-            if not os.access(item, os.R_OK | (os.X_OK if item.is_dir() else 0)):
-                raise PermissionError(
-                    f"Source {spec.name!r}: {str(item)!r} is not readable; fix its permissions."
-                )
-        if not list_input_shards(spec):
-            raise FileNotFoundError(
-                f"Source {spec.name!r}: path {spec.path!r} holds no file; fix the source's `path`."
-            )
+        _check_path_source(spec)
     elif spec.type == "tfds":
         dataset_readers.tfds_builder(spec)
     elif spec.type == "seqio":
         dataset_readers.seqio_shard_locations(spec)
+
+
+def _check_path_source(spec: SourceSpec) -> None:
+    """`check_source` for 'files', 'jsonl', 'parquet': the path lists at least one readable file."""
+    try:
+        _, inputs = file_readers.expand_path(spec.path)
+        shards = list_input_shards(spec) if inputs else []
+    except Exception as error:  # noqa: BLE001 - the store's client raises its own types
+        # (auth, HTTP); for a URL every listing failure is one line naming the path.
+        if not paths.is_remote(spec.path):
+            raise
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise FileNotFoundError(
+            f"Source {spec.name!r}: path {spec.path!r} cannot be listed ({detail}); check the "
+            "URL and that your credentials can read it (gcloud auth application-default login)."
+        ) from error
+    if not inputs:
+        missing = "matches no file" if file_readers.is_glob_pattern(spec.path) else "does not exist"
+        raise FileNotFoundError(
+            f"Source {spec.name!r}: path {spec.path!r} {missing}; fix the source's `path`."
+        )
+    for item in inputs:
+        # Object stores have no permission bits: an unreadable object is reported when read.
+        if isinstance(item, pathlib.Path) and not os.access(
+            item, os.R_OK | (os.X_OK if item.is_dir() else 0)
+        ):
+            raise PermissionError(
+                f"Source {spec.name!r}: {str(item)!r} is not readable; fix its permissions."
+            )
+    if not shards:
+        raise FileNotFoundError(
+            f"Source {spec.name!r}: path {spec.path!r} holds no file; fix the source's `path`."
+        )
 
 
 def list_input_shards(spec: SourceSpec) -> list[InputShard]:
@@ -265,6 +299,30 @@ def list_input_shards(spec: SourceSpec) -> list[InputShard]:
     return [InputShard(spec.name, index, location) for index, location in enumerate(locations)]
 
 
+def shard_identity(spec: SourceSpec, shard: InputShard) -> str:
+    """A string that changes whenever the shard's content may have changed; a rerun redoes the
+    shard's work unit exactly when it differs from the one recorded.
+
+    Files: path, size and modification time (nanoseconds and inode on a local disk, where a
+    whole-second mtime would miss a rewrite within the second; the object's generation on
+    gs://). 'stdlib': the interpreter's version and library path. 'tfds': the dataset's full
+    name with version, data_dir and split range. 'seqio': task, split and shard.
+    """
+    if spec.type == "stdlib":
+        return f"stdlib:{platform.python_implementation()} {sys.version} at {stdlib_root()}"
+    if spec.type == "tfds":
+        return f"tfds:{_tfds_full_name(spec)} data_dir={spec.path!r} split={shard.location}"
+    if spec.type == "seqio":
+        return f"seqio:{spec.seqio_task} shard={shard.location}"
+    return file_readers.file_identity(shard.location)
+
+
+@functools.lru_cache(maxsize=64)
+def _tfds_full_name(spec: SourceSpec) -> str:
+    """`name/config/version` of the dataset (C4 has 1,024 shards: its builder is made once)."""
+    return dataset_readers.tfds_builder(spec).info.full_name
+
+
 def iter_shard_documents(
     spec: SourceSpec, shard: InputShard, report: SourceReport
 ) -> Iterator[Document]:
@@ -284,7 +342,7 @@ def iter_shard_documents(
     elif spec.type == "seqio":
         documents = dataset_readers.iter_seqio_shard(spec, shard, report)
     else:
-        documents = _iter_file_shard(spec, pathlib.Path(shard.location), report)
+        documents = _iter_file_shard(spec, file_readers.as_input_path(shard.location), report)
     for document in documents:
         report.documents += 1
         yield document
@@ -300,7 +358,7 @@ def iter_source_documents(spec: SourceSpec, report: SourceReport) -> Iterator[Do
     yield from documents
 
 
-def _file_format(spec: SourceSpec, file_path: pathlib.Path) -> str | None:
+def _file_format(spec: SourceSpec, file_path: file_readers.InputPath) -> str | None:
     """'jsonl', 'parquet' or 'text' for a file of `spec`, None if the type does not read it."""
     name = file_path.name.lower()
     by_suffix = (
@@ -312,14 +370,14 @@ def _file_format(spec: SourceSpec, file_path: pathlib.Path) -> str | None:
     )
     if spec.type == "files":
         return by_suffix
-    named_directly = pathlib.Path(spec.path).expanduser() == file_path
+    named_directly = file_readers.as_input_path(spec.path) == file_path
     return spec.type if named_directly or by_suffix == spec.type else None
 
 
 def _iter_file_shard(
-    spec: SourceSpec, file_path: pathlib.Path, report: SourceReport
+    spec: SourceSpec, file_path: file_readers.InputPath, report: SourceReport
 ) -> Iterator[Document]:
-    named_directly = pathlib.Path(spec.path).expanduser() == file_path
+    named_directly = file_readers.as_input_path(spec.path) == file_path
     reason = None if named_directly else file_readers.hidden_reason(file_path)
     if reason is not None:
         report.skip(file_path, None, reason)
@@ -329,31 +387,31 @@ def _iter_file_shard(
         suffixes = {"jsonl": file_readers.JSONL_SUFFIXES, "parquet": file_readers.PARQUET_SUFFIXES}
         report.skip(file_path, None, f"not a {spec.type} file ({', '.join(suffixes[spec.type])})")
         return
-    root = _id_root(spec.path)
-    id_prefix = f"{spec.name}:{pathlib.Path(os.path.relpath(file_path, root)).as_posix()}"
+    id_prefix = f"{spec.name}:{_relative_name(spec.path, file_path)}"
     if file_format == "text":
-        yield from file_readers.iter_text_file(file_path, id_prefix, spec.name, spec.kind, report)
-        return
-    read = (
-        file_readers.iter_jsonl_file if file_format == "jsonl" else (file_readers.iter_parquet_file)
-    )
-    yield from read(
-        file_path,
-        id_prefix,
-        spec.name,
-        spec.kind,
-        report,
-        text_field=spec.text_field,
-        id_field=spec.id_field,
-    )
+        yield from file_readers.iter_text_file(spec, file_path, id_prefix, report)
+    elif file_format == "jsonl":
+        yield from file_readers.iter_jsonl_file(spec, file_path, id_prefix, report)
+    else:
+        yield from file_readers.iter_parquet_file(spec, file_path, id_prefix, report)
 
 
-def _id_root(path: str) -> pathlib.Path:
+def _relative_name(path: str, file_path: file_readers.InputPath) -> str:
+    """`file_path` relative to the directory ids are relative to (see `_id_root`)."""
+    root = _id_root(path)
+    if isinstance(file_path, pathlib.Path):
+        return pathlib.Path(os.path.relpath(file_path, root)).as_posix()
+    return str(file_path).removeprefix(str(root).rstrip("/") + "/")
+
+
+# Cached: on an object store the directory check is a request, and every shard asks it.
+@functools.lru_cache(maxsize=256)
+def _id_root(path: str) -> file_readers.InputPath:
     """The directory ids are relative to: the directory itself, a file's parent, a glob's root."""
     if file_readers.is_glob_pattern(path):
         return file_readers.glob_root(path)
-    resolved = pathlib.Path(path).expanduser()
-    return resolved if resolved.is_dir() else resolved.parent
+    named = file_readers.as_input_path(path)
+    return named if named.is_dir() else named.parent
 
 
 def iter_documents(source: str, report: SourceReport) -> Iterator[Document]:

@@ -4,21 +4,26 @@ The local executor (`executors/local.py`) and the Beam executor (`executors/beam
 
     list_work_units(cfg) ─► read_work_unit(unit, report) ─► Curator(cfg).process(doc)
         (clean → filters; removals carry stage 'clean' or 'filter')
-    ─► exact dedup on exact_dedup_key(doc) ─► MinHash LSH dedup on minhash_band_keys(doc, cfg)
+    ─► exact dedup on exact_dedup_key(doc)
+    ─► MinHash LSH dedup on band_key_array(minhash_signatures(texts))
         (each cluster keeps the document with the smallest order_key(doc))
-    ─► finalize(kept, removals, scores, stats, cfg, output_dir)
-        (split with assign_split, tokenizer, shards per source and split, report, manifest last)
+    ─► finalize(partitions, removals, scores, stats, cfg, output_dir)
+        (split with assign_split, a tokenizer from a bounded sample, each partition tokenized
+        into its own shards in parallel, report, manifest last; Beam runs the same
+        `finalize.write_partition` on its workers)
 
 Stable interface (the Beam executor calls these names):
 
     Curator(cfg).process(doc) -> CurateOutcome(document | None, removal | None, scores)
     order_key(doc) -> str                 total order; read_work_unit stamps it in metadata
     exact_dedup_key(doc) -> str           32 hex digits of the normalised-text hash
-    minhash_band_keys(doc, cfg) -> list[str]   '<band>:<bucket hex>', one per band ([] if no words)
+    minhash_signatures(texts, cfg) -> uint32[N, num_perm]; band_key_array(signatures, cfg) ->
+        uint64[N, bands]; has_words(signatures) -> bool[N] (texts without words skip LSH)
     assign_split(doc, cfg) -> 'train' | 'validation'
     removal_record(doc, stage, reason, duplicate_of=None) -> dict   a removed.jsonl line
-    finalize(kept_documents, removals, scores, stats, cfg, output_dir) -> manifest path
-        (defined in curate/finalize.py, re-exported here)
+    finalize(partitions, removals, scores, stats, cfg, output_dir) -> manifest path
+        (defined in curate/finalize.py, re-exported here; partitions are picklable callables
+        yielding kept documents in order_key order)
 
 `stats` passed to finalize is `{"units": [unit stats (see report.new_unit_stats)],
 "dedup": {"exact": dedup summary, "minhash": dedup summary}, "seconds": {...}}`.
@@ -30,18 +35,19 @@ import dataclasses
 import functools
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import ml_collections
 import numpy as np
 
+from jaxpretrain import paths
 from jaxpretrain.curate import clean as clean_lib
 from jaxpretrain.curate import config as config_lib
 from jaxpretrain.curate import filters as filters_lib
 from jaxpretrain.curate import sources
 from jaxpretrain.curate.dedup.exact import text_hash
-from jaxpretrain.curate.dedup.minhash import EMPTY_SIGNATURE_VALUE, MinHasher, band_buckets
+from jaxpretrain.curate.dedup.minhash import MinHasher, band_buckets, has_words  # noqa: F401 - has_words: part of the interface above
 from jaxpretrain.curate.document import Document
 
 TRAIN_SPLIT = "train"
@@ -79,19 +85,15 @@ class WorkUnit:
     spec: sources.SourceSpec
     shard: sources.InputShard
 
-    @property
-    def name(self) -> str:
-        """A file-system-safe name, unique within a config: '<source>-<shard index>'."""
-        return f"{self.spec.name}-{self.shard.index:06d}"
-
 
 def source_specs(cfg: ml_collections.ConfigDict) -> list[sources.SourceSpec]:
     """`sources.SourceSpec`s of `cfg.sources`, relative paths joined to `cfg.input_dir`."""
     specs = []
     for source in cfg.sources:
         fields = {key: source[key] for key in config_lib.source_fields()}
-        if fields["path"] and cfg.input_dir and not os.path.isabs(fields["path"]):
-            fields["path"] = os.path.join(cfg.input_dir, fields["path"])
+        path = fields["path"]
+        if path and cfg.input_dir and not os.path.isabs(path) and not paths.is_remote(path):
+            fields["path"] = os.path.join(cfg.input_dir, path)
         specs.append(sources.SourceSpec(**fields))
     return specs
 
@@ -155,20 +157,6 @@ def band_key_array(signatures: np.ndarray, cfg: ml_collections.ConfigDict) -> np
     return band_buckets(signatures, minhash.bands, minhash.rows)
 
 
-def has_words(signatures: np.ndarray) -> np.ndarray:
-    """bool[N]: False for texts without words (left out of LSH; exact dedup handles them)."""
-    return ~np.all(signatures == EMPTY_SIGNATURE_VALUE, axis=1)
-
-
-def minhash_band_keys(doc: Document, cfg: ml_collections.ConfigDict) -> list[str]:
-    """One LSH bucket key per band, '<band>:<16 hex digits>'; [] for a text without words."""
-    signatures = minhash_signatures([doc.text], cfg)
-    if not has_words(signatures)[0]:
-        return []
-    keys = band_key_array(signatures, cfg)[0]
-    return [f"{band}:{int(key):016x}" for band, key in enumerate(keys)]
-
-
 def is_validation_document(doc_id: str, validation_fraction: float) -> bool:
     """Whether `doc_id` belongs to the validation split.
 
@@ -202,22 +190,25 @@ def removal_record(
 class Curator:
     """Cleaning and quality filtering of single documents, built once per worker from `cfg`.
 
-    Prose ('text') documents go through `cfg.filters.chain`, code documents through
-    `cfg.filters.code_chain`. A document that cleaning leaves empty is removed at stage 'clean'.
+    A document of a source whose `filter_chain` names an entry of `cfg.filters.chains` goes
+    through that chain; otherwise prose ('text') documents go through `cfg.filters.chain` and
+    code documents through `cfg.filters.code_chain`. A document that cleaning leaves empty is
+    removed at stage 'clean'.
     """
 
     def __init__(self, cfg: ml_collections.ConfigDict):
         self._clean = config_lib.clean_config(cfg) if cfg.clean.enabled else None
         self._score_all = bool(cfg.filters.score_all)
-        self._chains = {
-            "text": [
-                filters_lib.get(name, **config_lib.filter_settings(cfg, name))
-                for name in cfg.filters.chain
-            ],
-            "code": [
-                filters_lib.get(name, **config_lib.filter_settings(cfg, name))
-                for name in cfg.filters.code_chain
-            ],
+        self._chains_by_kind = {
+            "text": _build_chain(cfg, cfg.filters.chain),
+            "code": _build_chain(cfg, cfg.filters.code_chain),
+        }
+        named = {source.filter_chain for source in cfg.sources if source.filter_chain}
+        chains = {name: _build_chain(cfg, cfg.filters.chains[name]) for name in sorted(named)}
+        self._chains_by_source = {
+            source.name: chains[source.filter_chain]
+            for source in cfg.sources
+            if source.filter_chain
         }
 
     def process(self, doc: Document) -> CurateOutcome:
@@ -225,13 +216,20 @@ class Curator:
             doc = clean_lib.clean_document(doc, self._clean)
         if not doc.text.strip():
             return CurateOutcome(None, removal_record(doc, "clean", "empty after cleaning"), {})
-        chain = self._chains[doc.kind]
+        chain = self._chains_by_source.get(doc.source)
+        if chain is None:
+            chain = self._chains_by_kind[doc.kind]
         if not chain:
             return CurateOutcome(doc, None, {})
         result = filters_lib.apply_filters(doc, chain, score_all=self._score_all)
         if result.kept:
             return CurateOutcome(result.document, None, result.scores)
         return CurateOutcome(None, removal_record(doc, "filter", str(result.reason)), result.scores)
+
+
+def _build_chain(cfg: ml_collections.ConfigDict, names: Iterable[str]) -> list[filters_lib.Filter]:
+    """The filters `names`, each with its `cfg.filters.settings`."""
+    return [filters_lib.get(name, **config_lib.filter_settings(cfg, name)) for name in names]
 
 
 def finalize(*args, **kwargs) -> str:

@@ -4,8 +4,10 @@ A prepared directory holds
 
     manifest.json                                 written last: its presence means "finished"
     tokenizer.model                               SentencePiece model (path relative to the dir)
-    <source>/train-00000-of-00004.array_record    one record per document: its token ids as
-    <source>/validation-00000-of-00001.array_record   little-endian int32, no BOS/EOS added
+    <source>/train-p00000-00000.array_record       one record per document: its token ids as
+    <source>/validation-p00000-00000.array_record  little-endian int32, no BOS/EOS added
+                                      (p<partition>-<shard>: shards are cut by size, the
+                                      manifest lists them in order)
 
 `manifest.json` (format_version 3: the token layout with UL2's paradigm tokens and T5-ordered
 sentinels; data prepared by earlier versions must be prepared again):
@@ -16,7 +18,7 @@ sentinels; data prepared by earlier versions must be prepared again):
                      "paradigms": [5, 6, 7]},
      "token_dtype": "<i4",
      "sources": [{"name": "web", "weight": 0.45, "documents": 1234, "tokens": 5678}, ...],
-     "splits": {"train": {"shards": [{"file": "web/train-00000-of-00004.array_record",
+     "splits": {"train": {"shards": [{"file": "web/train-p00000-00000.array_record",
                                       "source": "web", "documents": 300, "tokens": 1000000},
                                      ...]},
                 "validation": {...}},
@@ -38,6 +40,7 @@ from typing import Any
 
 from etils import epath
 
+from jaxpretrain import paths
 from jaxpretrain.tokenizer import SpecialIds
 
 FORMAT_VERSION = 3
@@ -178,9 +181,9 @@ def write_manifest(manifest: Manifest) -> str:
     presence to mean the directory is complete.
     """
     path = epath.Path(manifest.manifest_path)
-    temporary = path.with_name(f".{MANIFEST_FILENAME}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
-    temporary.replace(path)  # Atomic on POSIX file systems: readers see all of it or none.
+    # Readers see all of it or none: a rename on a disk, one object write on a bucket (where a
+    # rename would be a copy and a delete).
+    paths.write_text_atomic(path, json.dumps(manifest.to_json(), indent=2) + "\n")
     return str(path)
 
 

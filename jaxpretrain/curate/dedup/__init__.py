@@ -4,7 +4,9 @@
     result = dedup.minhash_dedup(docs, dedup.MinHashConfig(), work_dir="/tmp/dedup")
     kept = [d for d in docs if result.is_kept(d.id)]
 
-Documents must arrive in a deterministic order: each cluster keeps its first document.
+Documents must arrive in a deterministic order: each cluster keeps its first document. One core
+(`clustering.KeyClustering`: sorted runs on disk, a parallel block merge, star edges, vectorised
+union-find) serves these front-ends and the local executor's `run.dedup_units`.
 """
 
 from jaxpretrain.curate.dedup.clusters import DedupResult, UnionFind

@@ -186,6 +186,12 @@ def estimated_jaccard(signature_a: np.ndarray, signature_b: np.ndarray) -> float
     return float(np.mean(signature_a == signature_b))
 
 
+def has_words(signatures: np.ndarray) -> np.ndarray:
+    """bool[N]: False for texts without words (their signature is all EMPTY_SIGNATURE_VALUE);
+    they are left out of LSH, where they would all share buckets (exact dedup handles them)."""
+    return ~np.all(signatures == EMPTY_SIGNATURE_VALUE, axis=1)
+
+
 def band_buckets(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """uint64[N, bands]: one 64-bit bucket key per band (a mix of that band's `rows` values)."""
     n = signatures.shape[0]

@@ -3,9 +3,11 @@
     from jaxpretrain.curate import executors
     manifest_path = executors.run(cfg, "/data/prepared")   # cfg.executor.name picks one
 
-'local' (default): a process pool on this machine, resumable through completion markers.
+'local' (default): a process pool on this machine, resumable through completion markers on
+units named by their input's identity (a changed input file redoes exactly its unit).
 'beam': Apache Beam (`executors/beam.py`, needs the `beam` extra), see docs/scale_out.md.
-Every executor ends in `stages.finalize`, so both write the same prepared directory.
+Both end in the same finalize code (`curate/finalize.py`: the local executor calls `finalize`,
+Beam runs its `write_partition` on the workers), so both write the same prepared directory.
 """
 
 from __future__ import annotations

@@ -8,28 +8,25 @@ The same pipeline runs on the DirectRunner (here, in tests) and on Dataflow, Fli
 on one worker:
 
   Create(jobs of work units) ─► Reshuffle ─► read, clean, filter (Curator) ─► removals, scores
+  ─► duplicate input ids: GroupByKey on (source, id), later copies counted (as dedup/run.py)
   ─► exact dedup: key by exact_dedup_key, GroupByKey, keep the smallest order_key
   ─► MinHash: band keys per document, GroupByKey per bucket, star edges from the bucket's smallest
      document, connected components (dedup/components.py), join members back to documents
-  ─► kept documents, removals, scores, unit stats and counters written as JSONL under
-     <output_dir>/.work/
-  then, in the launching process: stages.finalize (tokenizer, shards, report, manifest).
+  ─► finalize on the workers (executors/beam_finalize.py): tokenizer trained on a bounded
+     sample, each work unit's kept documents tokenized into its own shards, removed.jsonl and
+     scores.jsonl sorted out of core; unit stats and counters as JSONL under the work directory
+  then, in the launching process: report.json and the manifest, from counts and shard lists;
+  then the work files are deleted (unless executor.keep_work).
 
 A document is identified in the graph by its node `(order_key, id, source)`: tuples order by
 the order key first, so the smallest node of a cluster is the document the local executor keeps.
-
-The last stage is single-process for now: the launcher reads the kept documents back and calls
-`stages.finalize`, which trains the tokenizer on a sample and writes the shards. To make it a
-Beam stage, train the tokenizer first (its sample is small), then key kept documents by
-(source, split, shard index) in a ParDo, GroupByKey, and write one ArrayRecord shard per key;
-only the manifest, which needs every shard's counts, is written afterwards.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import os
+import pathlib
 import shlex
 import time
 from collections.abc import Generator, Iterable, Iterator
@@ -41,39 +38,31 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from jaxpretrain import paths
 from jaxpretrain.curate import config as config_lib
+from jaxpretrain.curate import finalize as finalize_lib
 from jaxpretrain.curate import report as report_lib
 from jaxpretrain.curate import sources, stages
-from jaxpretrain.curate.dedup.clusters import DedupResult
+from jaxpretrain.curate.dedup import run as dedup_run
 from jaxpretrain.curate.dedup.components import ConnectedComponents
 from jaxpretrain.curate.document import Document
+from jaxpretrain.curate.executors import beam_finalize
+from jaxpretrain.curate.executors.beam_finalize import KEPT_ORDER_KEY
 
 WORK_DIR_NAME = ".work"
 # Removal reasons of the dedup stages (the local executor writes the same strings).
 EXACT_DUPLICATE_REASON = "exact duplicate"
 NEAR_DUPLICATE_REASON = "near duplicate"
-_OUTPUTS = ("kept", "removed", "scores", "units", "counters")
 _REMOVALS, _SCORES, _UNITS, _COUNTERS = "removals", "scores", "units", "counters"
+_DUPLICATE_IDS = "duplicate_ids"
+# Work-directory outputs of a run: deleted after a successful run (unless executor.keep_work),
+# and at the start of every run (a failed run's files would be read back as the new run's).
+_OUTPUTS = (
+    "removed", "scores", _UNITS, _COUNTERS, _DUPLICATE_IDS, beam_finalize.PARTITIONS,
+    beam_finalize.TALLY,
+)  # fmt: skip
 
 Node = tuple[str, str, str]  # (order_key, document id, source)
-# Carried on dedup removal records inside the pipeline only (ids are unique per source, so a
-# cluster is named by its kept document's source and id); dropped before finalize.
-_KEPT_SOURCE = "_kept_source"
-
-
-def document_to_json(doc: Document) -> dict[str, Any]:
-    """A JSON-serialisable dict with every field of `doc` (inverse: `document_from_json`)."""
-    return {
-        "id": doc.id,
-        "text": doc.text,
-        "source": doc.source,
-        "kind": doc.kind,
-        "metadata": dict(doc.metadata),
-    }
-
-
-def document_from_json(record: dict[str, Any]) -> Document:
-    return Document(**record)
 
 
 def _node(doc: Document) -> Node:
@@ -83,7 +72,7 @@ def _node(doc: Document) -> Node:
 def _dedup_removal(doc: Document, stage: str, reason: str, kept: Node) -> dict[str, str]:
     return {
         **stages.removal_record(doc, stage, reason, duplicate_of=kept[1]),
-        _KEPT_SOURCE: kept[2],
+        KEPT_ORDER_KEY: kept[0],
     }
 
 
@@ -104,12 +93,14 @@ class _ReadAndCurate(beam.DoFn):
     def process(self, job: list[tuple[int, stages.WorkUnit]]) -> Iterator[Any]:
         remaining = job[0][1].spec.max_documents
         for position, unit in job:
-            stats = yield from self._process_unit(unit, remaining)
+            stats = yield from self._process_unit(unit, position, remaining)
             if remaining >= 0:
                 remaining = max(0, remaining - stats["read"]["documents"])
             yield beam.pvalue.TaggedOutput(_UNITS, {"position": position, "stats": stats})
 
-    def _process_unit(self, unit: stages.WorkUnit, limit: int) -> Generator[Any, None, dict]:
+    def _process_unit(
+        self, unit: stages.WorkUnit, position: int, limit: int
+    ) -> Generator[Any, None, dict]:
         """Yields the unit's outputs (at most `limit` documents read, -1: all); returns its
         counters (`report.new_unit_stats`)."""
         stats = report_lib.new_unit_stats(
@@ -131,7 +122,8 @@ class _ReadAndCurate(beam.DoFn):
             if outcome.removal is not None:
                 yield beam.pvalue.TaggedOutput(_REMOVALS, outcome.removal)
             else:
-                yield outcome.document
+                # Finalize groups kept documents by unit again after dedup (one partition each).
+                yield outcome.document.with_metadata(**{beam_finalize.PARTITION_KEY: position})
         report_lib.add_source_report(stats, source_report)
         return stats
 
@@ -243,6 +235,22 @@ def _exact_dedup(documents: beam.PCollection) -> tuple[beam.PCollection, beam.PC
     return results.kept, results[_REMOVALS]
 
 
+def _repeated_ids(documents: beam.PCollection) -> beam.PCollection:
+    """(order_key, source, id) of every document whose (source, id) a document earlier in
+    order_key order already has: what dedup/run.py reports as duplicate input ids."""
+
+    def later_copies(key: tuple[str, str], order_keys: Iterable[str]) -> Iterator[tuple]:
+        for order_key in sorted(order_keys)[1:]:
+            yield order_key, *key
+
+    return (
+        documents
+        | "DuplicateIds/Key" >> beam.Map(lambda doc: ((doc.source, doc.id), stages.order_key(doc)))
+        | "DuplicateIds/Group" >> beam.GroupByKey()
+        | "DuplicateIds/Later" >> beam.FlatMapTuple(later_copies)
+    )
+
+
 def _minhash_dedup(
     documents: beam.PCollection, cfg: ml_collections.ConfigDict
 ) -> tuple[beam.PCollection, beam.PCollection, list[beam.PCollection]]:
@@ -281,9 +289,11 @@ def build_pipeline(
     cfg: ml_collections.ConfigDict,
     units: list[stages.WorkUnit],
     work_dir: str,
+    output_dir: str,
 ) -> None:
-    """Adds the curation stages to `pipeline`, writing JSONL outputs under `work_dir`
-    (kept/, removed/, scores/, units/, counters/; read back with `read_work_outputs`)."""
+    """Adds the curation and finalize stages to `pipeline`: shards, tokenizer, removed.jsonl
+    and scores.jsonl go to `output_dir`; unit stats, counters, partition results and the
+    removal tally to `work_dir` (read back by `run_beam`)."""
     curated = (
         pipeline
         | "Jobs" >> beam.Create(curation_jobs(units))
@@ -295,6 +305,17 @@ def build_pipeline(
     kept = curated.kept
     removals = [curated[_REMOVALS]]
     counters = [kept | "Count/FilterKept" >> beam.Map(lambda _: ("filter/kept", 1))]
+    repeated_ids = _repeated_ids(kept)
+    counters.append(repeated_ids | "Count/DuplicateIds" >> beam.Map(lambda _: (_DUPLICATE_IDS, 1)))
+    _ = (
+        repeated_ids
+        | "DuplicateIds/First" >> beam.combiners.Top.Smallest(dedup_run.DUPLICATE_ID_EXAMPLES)
+        | "DuplicateIds/Examples"
+        >> beam.Map(lambda repeats: [{"source": source, "id": id_} for _, source, id_ in repeats])
+        | "DuplicateIds/Json" >> beam.Map(json.dumps)
+        | "DuplicateIds/Write"
+        >> beam.io.WriteToText(FileSystems.join(work_dir, _DUPLICATE_IDS, "part"))
+    )
     if cfg.dedup.exact:
         kept, exact_removals = _exact_dedup(kept)
         removals.append(exact_removals)
@@ -303,6 +324,12 @@ def build_pipeline(
         kept, near_removals, minhash_counters = _minhash_dedup(kept, cfg)
         removals.append(near_removals)
         counters.extend(minhash_counters)
+    all_removals = tuple(removals) | "Removals/Flatten" >> beam.Flatten()
+    counters.append(
+        beam_finalize.add_finalize_stages(
+            kept, all_removals, curated[_SCORES], cfg, output_dir, work_dir
+        )
+    )
 
     def write(collection: beam.PCollection, name: str) -> None:
         _ = (
@@ -314,77 +341,89 @@ def build_pipeline(
             )
         )
 
-    write(kept | "Kept/Json" >> beam.Map(document_to_json), "kept")
-    write(tuple(removals) | "Removals/Flatten" >> beam.Flatten(), "removed")
-    write(curated[_SCORES], "scores")
-    write(curated[_UNITS], "units")
+    write(curated[_UNITS], _UNITS)
     write(
         tuple(counters)
         | "Counters/Flatten" >> beam.Flatten()
         | "Counters/Sum" >> beam.CombinePerKey(sum),
-        "counters",
+        _COUNTERS,
     )
 
 
 def _read_jsonl(work_dir: str, name: str) -> list[Any]:
-    pattern = FileSystems.join(work_dir, name, "part*")
-    records = []
-    for match in FileSystems.match([pattern])[0].metadata_list:
-        with FileSystems.open(match.path) as lines:
-            records.extend(json.loads(line) for line in lines.read().decode("utf-8").splitlines())
-    return records
+    return [json.loads(line) for line in beam_finalize.read_lines(work_dir, name)]
 
 
 def _delete_work_outputs(work_dir: str) -> None:
+    """Deletes the part files this executor writes under `work_dir`, nothing else (the work
+    directory may be shared)."""
     patterns = [FileSystems.join(work_dir, name, "part*") for name in _OUTPUTS]
     stale = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
     if stale:
         FileSystems.delete(stale)
 
 
-def read_work_outputs(work_dir: str) -> dict[str, list[Any]]:
-    """{'kept', 'removed', 'scores', 'units', 'counters'}: the records the pipeline wrote."""
-    return {name: _read_jsonl(work_dir, name) for name in _OUTPUTS}
+def remove_work(work_dir: str) -> None:
+    """After a successful run: deletes its work files (removed/ and scores/ hold a record per
+    removed or scored document), then, on a local disk, the folders they were in and the work
+    directory and its `.work` parent once empty. Object stores have no folders to remove."""
+    _delete_work_outputs(work_dir)
+    if paths.is_remote(work_dir):
+        return
+    work = pathlib.Path(work_dir)
+    folders = [*(work / name for name in _OUTPUTS), work]
+    if work.parent.name == WORK_DIR_NAME:  # the default, OUTPUT/.work/beam
+        folders.append(work.parent)
+    for folder in folders:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
-def _summary(
-    documents_in: int, removals: list[dict[str, str]], stats: dict[str, float]
-) -> dict[str, Any]:
-    """report.dedup_summary of one dedup stage, rebuilt from its removal records."""
-    duplicate_of = {(r["source"], r["id"]): r["duplicate_of"] for r in removals}
-    members_per_kept = collections.Counter((r[_KEPT_SOURCE], r["duplicate_of"]) for r in removals)
-    cluster_sizes = collections.Counter(members + 1 for members in members_per_kept.values())
-    result = DedupResult(
-        duplicate_of=duplicate_of,
-        num_documents=documents_in,
-        num_clusters=len(members_per_kept),
-        cluster_sizes=dict(sorted(cluster_sizes.items())),
-        stats=stats,
-    )
-    return report_lib.dedup_summary(result)
+def read_counters(work_dir: str) -> dict[Any, int]:
+    """The pipeline's summed counters: string keys, and tuple keys for the finalize counts."""
+    return {
+        tuple(key) if isinstance(key, list) else key: value
+        for key, value in _read_jsonl(work_dir, _COUNTERS)
+    }
+
+
+def read_unit_stats(work_dir: str) -> list[dict[str, Any]]:
+    """Every work unit's counters (`report.new_unit_stats`), in unit order."""
+    records = sorted(_read_jsonl(work_dir, _UNITS), key=lambda record: record["position"])
+    return [record["stats"] for record in records]
 
 
 def dedup_summaries(
-    cfg: ml_collections.ConfigDict, removals: list[dict[str, str]], counters: dict[str, int]
+    cfg: ml_collections.ConfigDict, counters: dict[Any, int], work_dir: str
 ) -> dict[str, Any]:
-    """{'exact', 'minhash'}: the dedup summaries of report.json, with the local executor's keys.
+    """{'exact', 'minhash', 'duplicate_ids'}: the dedup summaries of report.json, with the local
+    executor's keys (`dedup.run.dedup_units`).
 
-    `spilled_runs` is 0 (the runner's shuffle replaces the external sort). With
-    `verify_threshold` set, `rejected_edges` counts every rejected candidate edge, while the
-    local executor skips edges between documents an earlier edge already joined.
+    `spilled_runs` is 0 (the runner's shuffle replaces the external sort). The other stats
+    equal the local executor's: both count every candidate (star) edge and, with
+    `verify_threshold` set, every rejected one.
     """
-    summaries: dict[str, Any] = {"exact": None, "minhash": None}
+    (examples,) = _read_jsonl(work_dir, _DUPLICATE_IDS)
+    summaries: dict[str, Any] = {
+        "exact": None,
+        "minhash": None,
+        "duplicate_ids": {"count": counters.get(_DUPLICATE_IDS, 0), "examples": examples},
+    }
     if cfg.dedup.exact:
-        exact = [r for r in removals if r["stage"] == "exact_dedup"]
-        summaries["exact"] = _summary(counters.get("filter/kept", 0), exact, {"spilled_runs": 0.0})
+        summaries["exact"] = beam_finalize.dedup_summary(
+            counters, "exact_dedup", counters.get("filter/kept", 0), {"spilled_runs": 0.0}
+        )
     if cfg.dedup.minhash.enabled:
-        near = [r for r in removals if r["stage"] == "minhash_dedup"]
         stats = {
             "spilled_runs": 0.0,
             "candidate_edges": float(counters.get("minhash/candidate_edges", 0)),
             "rejected_edges": float(counters.get("minhash/rejected_edges", 0)),
+            "bucket_records": float(counters.get("minhash/bucket_records", 0)),
+            "documents_without_words": float(counters.get("minhash/documents_without_words", 0)),
         }
-        summaries["minhash"] = _summary(counters.get("minhash/in", 0), near, stats)
+        summaries["minhash"] = beam_finalize.dedup_summary(
+            counters, "minhash_dedup", counters.get("minhash/in", 0), stats
+        )
     return summaries
 
 
@@ -399,17 +438,34 @@ def run_beam(
 
     Args:
       cfg: the data config (`curate/config.py`); sources must be readable from the workers.
-      output_dir: the prepared directory, written by this process (a local path).
+      output_dir: the prepared directory: the workers write its shards, tokenizer,
+        removed.jsonl and scores.jsonl, this process its report and manifest (a local path, or
+        one both can reach).
       pipeline_options: Beam flags, e.g. ['--runner=DataflowRunner', '--project=...'];
         None takes them from `cfg.executor.beam_options` (one string, split like a shell
         command line) when that key exists, else runs on the DirectRunner.
-      work_dir: where the workers write their JSONL outputs, read back here; any path Beam's
-        FileSystems handle (gs://... on Dataflow, where workers cannot reach this machine's
-        disk). None: `cfg.executor.beam_work_dir` if set, else `<output_dir>/.work/beam`.
+      work_dir: where the workers write their small outputs (unit stats, counters, partition
+        results), read back here; any path Beam's FileSystems handle (gs://... on Dataflow).
+        None: `cfg.executor.beam_work_dir` if set, else `<output_dir>/.work/beam`.
 
-    The prepared directory equals the local executor's for the same config, except timings and
-    the dedup `stats` noted in `dedup_summaries`.
+    The prepared directory equals the local executor's for the same config, except timings,
+    `spilled_runs` (see `dedup_summaries`) and shard boundaries when input files are smaller
+    than `output.shard_bytes` (Beam writes one finalize partition per input file, the local
+    executor groups consecutive small files into one; the token streams are the same). After
+    success the work files are deleted unless `executor.keep_work`.
     """
+    work_dir, pipeline_seconds = run_pipeline(cfg, output_dir, pipeline_options, work_dir)
+    return finish_run(cfg, output_dir, work_dir, pipeline_seconds)
+
+
+def run_pipeline(
+    cfg: ml_collections.ConfigDict,
+    output_dir: str,
+    pipeline_options: list[str] | None = None,
+    work_dir: str | None = None,
+) -> tuple[str, float]:
+    """The Beam part of `run_beam` (same arguments): runs the pipeline to completion; returns
+    the work directory it used and the seconds it took."""
     started = time.perf_counter()
     config_lib.validate_data_config(cfg)
     units = stages.list_work_units(cfg)  # raises for a missing source before any work
@@ -420,23 +476,29 @@ def run_beam(
         or cfg.executor.beam_work_dir
         or os.path.join(str(output_dir), WORK_DIR_NAME, "beam")
     )
+    output = paths.resolve(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    finalize_lib.remove_previous_output(output)
     _delete_work_outputs(work_dir)  # an earlier run's files would be read back as ours
     pipeline = beam.Pipeline(options=PipelineOptions(pipeline_options))
-    build_pipeline(pipeline, cfg, units, work_dir)
+    build_pipeline(pipeline, cfg, units, work_dir, str(output))
     pipeline.run().wait_until_finish()
-    pipeline_seconds = time.perf_counter() - started
+    return work_dir, time.perf_counter() - started
 
-    outputs = read_work_outputs(work_dir)
-    counters = dict(outputs["counters"])
-    scores = sorted(outputs["scores"], key=lambda record: record["order_key"])
-    for record in scores:
-        del record["order_key"]
+
+def finish_run(
+    cfg: ml_collections.ConfigDict, output_dir: str, work_dir: str, pipeline_seconds: float
+) -> str:
+    """What the launcher does after the pipeline: reads the unit stats and counters, writes
+    report.json and the manifest (`beam_finalize.finish`), then deletes the work files unless
+    `executor.keep_work` (as the local executor does); returns the manifest path."""
+    counters = read_counters(work_dir)
     stats = {
-        "units": [item["stats"] for item in sorted(outputs["units"], key=lambda u: u["position"])],
-        "dedup": dedup_summaries(cfg, outputs["removed"], counters),
+        "units": read_unit_stats(work_dir),
+        "dedup": dedup_summaries(cfg, counters, work_dir),
         "seconds": {"beam_pipeline": round(pipeline_seconds, 2)},
     }
-    for record in outputs["removed"]:
-        record.pop(_KEPT_SOURCE, None)
-    kept = [document_from_json(record) for record in outputs["kept"]]
-    return stages.finalize(kept, outputs["removed"], scores, stats, cfg, output_dir)
+    manifest_path = beam_finalize.finish(cfg, output_dir, work_dir, stats)
+    if not cfg.executor.keep_work:
+        remove_work(work_dir)
+    return manifest_path

@@ -1,17 +1,21 @@
 """C4's page cleaning (Raffel et al. 2020, "Exploring the Limits of Transfer Learning...", §2.2),
-with the exact rules of TFDS `tensorflow_datasets/text/c4_utils.py:clean_page`:
+in two registered variants that differ only in their defaults:
 
-line rules (a failing line is dropped, the page goes on), in TFDS order:
-  a word longer than 1000 characters; after removing citation markers ([1], [edit],
-  [citation needed]) the line does not end in . ? ! or " (or ends in '...'); fewer than
-  **5 words**; mentions 'javascript'; contains a policy phrase ('terms of use', ...).
-page rules (the page is dropped): a kept line contains 'lorem ipsum' or a curly bracket '{';
-  the kept lines hold fewer than **3 sentences**.
+`c4` — C4 as FineWeb ran it (datatrove `C4QualityFilter(filter_no_terminal_punct=False)`,
+examples/fineweb.py): lines WITHOUT terminal punctuation are kept; lines need 3 words (counted
+before citation markers are removed); the page needs 5 sentences; end marks . ? ! " '.
+`c4_tfds` — the rules of TFDS `tensorflow_datasets/text/c4_utils.py:clean_page`, as the paper
+describes them: lines must end in . ? ! or " (not '...'), need 5 words (after citation removal);
+the page needs 3 sentences. (datatrove's defaults swap these two numbers; FineWeb kept that.)
 
-datatrove's C4QualityFilter swaps the two numbers (3 words per line, 5 sentences per page); the
-paper and TFDS say 5 words and 3 sentences. The bad-words rule is the `blocklist` filter.
-Sentences are counted with a punctuation regex instead of NLTK's punkt (no model download), so
-abbreviations like 'Mr.' count as a sentence end.
+Both, in this order per line (a failing line is dropped, the page goes on): a word longer than
+1000 characters; citation markers ([1], [edit], [citation needed]) removed; the end-mark rule
+(c4_tfds only); too few words; a line with 'javascript'; a policy phrase ('terms of use', ...).
+Page rules (the page is dropped): a kept line contains 'lorem ipsum' or a curly bracket '{';
+the kept lines hold too few sentences.
+
+The bad-words rule is the `blocklist` filter. Sentences are counted with a punctuation regex
+instead of NLTK's punkt (no model download), so abbreviations like 'Mr.' count as a sentence end.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import ClassVar
 from jaxpretrain.curate.document import Document
 from jaxpretrain.curate.filters.base import Filter, FilterResult, Scores, ratio, register
 
-END_MARKS = (".", "?", "!", '"')
+TFDS_END_MARKS = (".", "?", "!", '"')
+FINEWEB_END_MARKS = (".", "?", "!", '"', "'")
 POLICY_PHRASES = (
     "terms of use",
     "privacy policy",
@@ -47,23 +52,26 @@ def count_sentences(line: str) -> int:
 @register
 @dataclasses.dataclass(frozen=True)
 class C4Quality(Filter):
-    """C4 line cleaning + page rules. `apply` returns the page with only the kept lines.
+    """C4 line cleaning + page rules with FineWeb's settings; `apply` returns the kept lines.
 
     Line settings (they change the text, so re-tuning them needs `score` again):
-      min_words_per_line (5), max_word_length (1000), drop_javascript_lines, drop_policy_lines,
-      remove_citations, require_end_mark.
-    Page thresholds (re-tunable from scores): min_sentences (3), drop_lorem_ipsum,
+      min_words_per_line (3), max_word_length (1000), require_end_mark (False), end_marks,
+      count_words_before_citation_removal (True), remove_citations, drop_javascript_lines,
+      drop_policy_lines.
+    Page thresholds (re-tunable from scores): min_sentences (5), drop_lorem_ipsum,
       drop_curly_bracket.
     """
 
     name: ClassVar[str] = "c4"
-    min_words_per_line: int = 5
+    min_words_per_line: int = 3
     max_word_length: int = 1000
-    require_end_mark: bool = True
+    require_end_mark: bool = False
+    end_marks: tuple[str, ...] = FINEWEB_END_MARKS
+    count_words_before_citation_removal: bool = True
     remove_citations: bool = True
     drop_javascript_lines: bool = True
     drop_policy_lines: bool = True
-    min_sentences: int = 3
+    min_sentences: int = 5
     drop_lorem_ipsum: bool = True
     drop_curly_bracket: bool = True
 
@@ -78,15 +86,20 @@ class C4Quality(Filter):
         lines = text.splitlines()
         for raw_line in lines:
             line = raw_line.strip()
-            if any(len(word) > self.max_word_length for word in line.split()):
+            words = line.split()
+            if any(len(word) > self.max_word_length for word in words):
                 counts["too_long_word"] += 1
                 continue
             if self.remove_citations:
                 line = _CITATION_RE.sub("", line)
-            if self.require_end_mark and (not line.endswith(END_MARKS) or line.endswith("...")):
+            if self.require_end_mark and (
+                not line.endswith(self.end_marks) or line.endswith("...")
+            ):
                 counts["no_end_mark"] += 1
                 continue
-            if len(line.split()) < self.min_words_per_line:
+            if not self.count_words_before_citation_removal:
+                words = line.split()
+            if len(words) < self.min_words_per_line:
                 counts["too_few_words"] += 1
                 continue
             lowered = line.lower()
@@ -127,3 +140,16 @@ class C4Quality(Filter):
         text, scores = self.clean_lines(doc.text)
         kept, reason = self.keep(scores)
         return FilterResult(doc.replace(text=text), kept, reason, scores)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class C4TfdsQuality(C4Quality):
+    """C4 exactly as TFDS builds it: end marks required, 5 words per line, 3 sentences."""
+
+    name: ClassVar[str] = "c4_tfds"
+    min_words_per_line: int = 5
+    require_end_mark: bool = True
+    end_marks: tuple[str, ...] = TFDS_END_MARKS
+    count_words_before_citation_removal: bool = False
+    min_sentences: int = 3

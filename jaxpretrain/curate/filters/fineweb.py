@@ -7,6 +7,11 @@ with the thresholds and comparisons of the code that produced the dataset
   characters in duplicated lines / all non-newline characters is > 0.01
   (the paper's prose says 0.1; the released pipeline ran with 0.01),
   or newlines per word is > 0.3 (list-like pages).
+
+Lines are the non-blank lines between newlines, not stripped (a line ending in '. ' does not end in
+punctuation; its length counts its spaces), and words are NLTK-style tokens, as in datatrove.
+The end marks are FineWeb's of April 2024 (. ' " ! ?); datatrove later (FineWeb-2) replaced them
+with terminal punctuation of many scripts, without quotes.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import ClassVar
 
 from jaxpretrain.curate.document import Document
 from jaxpretrain.curate.filters.base import Filter, Scores, ratio, register
-from jaxpretrain.curate.filters.text_stats import duplicate_elements, nonempty_lines, split_words
+from jaxpretrain.curate.filters.text_stats import duplicate_elements, word_tokens
 
 LINE_END_PUNCTUATION = (".", "'", '"', "!", "?")
 
@@ -37,7 +42,7 @@ class FineWebQuality(Filter):
 
     def score(self, doc: Document) -> Scores:
         text = doc.text
-        lines = nonempty_lines(text)
+        lines = [line for line in text.split("\n") if line.strip()]
         _, duplicate_chars = duplicate_elements(lines)
         return {
             "line_punctuation_fraction": ratio(
@@ -47,7 +52,7 @@ class FineWebQuality(Filter):
                 sum(len(line) <= self.short_line_max_chars for line in lines), len(lines)
             ),
             "duplicate_line_char_fraction": ratio(duplicate_chars, len(text) - text.count("\n")),
-            "newline_word_ratio": ratio(text.count("\n"), len(split_words(text))),
+            "newline_word_ratio": ratio(text.count("\n"), len(word_tokens(text))),
             "line_count": float(len(lines)),
         }
 

@@ -1,10 +1,18 @@
 """Gopher quality and repetition rules (Rae et al. 2021, "Scaling Language Models: Methods,
 Analysis & Insights from Training Gopher", Appendix A.1.1 and Table A1), thresholds as published.
+
+The paper gives thresholds but not the exact counting; each statistic here is counted the way
+datatrove's `GopherQualityFilter` / `GopherRepetitionFilter` count it, the code FineWeb ran
+(Penedo et al. 2024), so FineWeb's numbers carry over: words are NLTK-style tokens (punctuation
+marks are tokens), repetition fractions are over all characters of the text (spaces included),
+and a duplicated n-gram counts only its repeats, not its first occurrence. Where a rule differs
+from datatrove the docstring of the setting says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -14,14 +22,15 @@ from jaxpretrain.curate.document import Document
 from jaxpretrain.curate.filters.base import Filter, Scores, ratio, register
 from jaxpretrain.curate.filters.text_stats import (
     duplicate_elements,
-    nonempty_lines,
-    paragraphs,
-    split_words,
+    has_letter,
+    is_symbol_token,
+    word_tokens,
 )
 
 # Appendix A.1.1: a document must contain at least two of these English words.
 GOPHER_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
-BULLETS = ("•", "●", "○", "◦", "▪", "▫", "■", "□", "‣", "⁃", "-", "*")
+# datatrove's bullets: a line (after leading spaces) starting with one of these.
+BULLETS = ("•", "-")
 ELLIPSES = ("...", "…")
 
 
@@ -30,11 +39,12 @@ ELLIPSES = ("...", "…")
 class GopherQuality(Filter):
     """Gopher quality rules. A document is removed when (Appendix A.1.1):
 
-    word count is outside [min_words, max_words] (50, 100,000); mean word length is outside
-    [3, 10] characters; the '#' or the ellipsis to word ratio exceeds 0.1; more than 90% of lines
-    start with a bullet; more than 30% of lines end with an ellipsis; fewer than 80% of words
-    contain an alphabetic character; or fewer than 2 of the stop words occur (distinct words,
-    as "at least two of the following English words" reads).
+    the number of words (tokens with a letter or digit) is outside [min_words, max_words]
+    (50, 100,000); their mean length is outside [3, 10] characters; '#' or ellipses per token
+    (punctuation tokens included) exceed 0.1; more than 90% of lines (blank ones included) start
+    with a bullet; more than 30% of lines end with an ellipsis; fewer than 80% of tokens contain
+    a letter; or fewer than 2 distinct stop words occur (case-sensitive, as in datatrove: "The"
+    is not "the").
     """
 
     name: ClassVar[str] = "gopher_quality"
@@ -49,28 +59,26 @@ class GopherQuality(Filter):
     min_alpha_word_fraction: float = 0.8
     min_stop_words: int = 2
     stop_words: tuple[str, ...] = GOPHER_STOP_WORDS
+    bullets: tuple[str, ...] = BULLETS
 
     def score(self, doc: Document) -> Scores:
         text = doc.text
-        words = split_words(text)
-        lines = nonempty_lines(text)
-        word_count = len(words)
-        stop_words = set(self.stop_words)
+        tokens = word_tokens(text)
+        words = [token for token in tokens if not is_symbol_token(token)]
+        lines = text.splitlines()
         return {
-            "word_count": float(word_count),
-            "mean_word_length": ratio(sum(map(len, words)), word_count),
-            "hash_word_ratio": ratio(text.count("#"), word_count),
-            "ellipsis_word_ratio": ratio(sum(text.count(e) for e in ELLIPSES), word_count),
+            "word_count": float(len(words)),
+            "mean_word_length": ratio(sum(map(len, words)), len(words)),
+            "hash_word_ratio": ratio(text.count("#"), len(tokens)),
+            "ellipsis_word_ratio": ratio(sum(text.count(e) for e in ELLIPSES), len(tokens)),
             "bullet_line_fraction": ratio(
-                sum(line.startswith(BULLETS) for line in lines), len(lines)
+                sum(line.lstrip().startswith(self.bullets) for line in lines), len(lines)
             ),
             "ellipsis_line_fraction": ratio(
-                sum(line.endswith(ELLIPSES) for line in lines), len(lines)
+                sum(line.rstrip().endswith(ELLIPSES) for line in lines), len(lines)
             ),
-            "alpha_word_fraction": ratio(
-                sum(any(char.isalpha() for char in word) for word in words), word_count
-            ),
-            "stop_word_count": float(len(stop_words.intersection(w.lower() for w in words))),
+            "alpha_word_fraction": ratio(sum(map(has_letter, tokens)), len(tokens)),
+            "stop_word_count": float(len(set(self.stop_words).intersection(tokens))),
         }
 
     def keep(self, scores: Mapping[str, float]) -> tuple[bool, str | None]:
@@ -106,23 +114,33 @@ class GopherQuality(Filter):
 TOP_NGRAM_MAX_CHAR_FRACTION = {2: 0.20, 3: 0.18, 4: 0.16}
 DUPLICATE_NGRAM_MAX_CHAR_FRACTION = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
 _NGRAM_KEY_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+_PARAGRAPH_SPLIT_RE = re.compile(r"\n{2,}")
+_LINE_SPLIT_RE = re.compile(r"\n+")
 
 
 def ngram_char_fractions(
-    words: list[str], top_sizes: tuple[int, ...], duplicate_sizes: tuple[int, ...]
+    words: list[str],
+    total_chars: int,
+    top_sizes: tuple[int, ...],
+    duplicate_sizes: tuple[int, ...],
+    count_first_occurrences: bool = False,
 ) -> dict[str, float]:
-    """Gopher's n-gram repetition statistics over word characters (spaces are not counted).
+    """Gopher's n-gram repetition statistics as fractions of `total_chars` (the text's length).
 
-    `top_{n}gram_char_fraction`: characters covered by the most frequent n-gram (counting every
-    occurrence) / all word characters; 0 when no n-gram repeats (a single occurrence is not
-    repetition). `duplicate_{n}gram_char_fraction`: characters of words inside any n-gram that
-    occurs more than once, each character counted once even where repeats overlap.
-    Vectorised: n-grams are keyed by a 64-bit polynomial of per-document word ids.
+    `top_{n}gram_char_fraction`: length of the most frequent n-gram (words joined by single
+    spaces; the earliest one on ties) times its count. Overlapping occurrences each count, so
+    the value can exceed 1 ("a a a a"), as in datatrove.
+    `duplicate_{n}gram_char_fraction`: the common definition (datatrove's `find_all_duplicate`):
+    scan left to right; an n-gram seen before adds its word characters (no spaces) and the scan
+    jumps past it, so only repeats count and overlapping repeats are not counted twice. With
+    `count_first_occurrences` (a stricter reading of Table A1) every word inside any n-gram that
+    occurs more than once counts, first occurrences included, each word once.
+    N-grams are keyed by a 64-bit polynomial of per-document word ids (vectorised).
     """
     stats = {f"top_{n}gram_char_fraction": 0.0 for n in top_sizes}
     stats.update({f"duplicate_{n}gram_char_fraction": 0.0 for n in duplicate_sizes})
     word_count = len(words)
-    if word_count == 0:
+    if word_count == 0 or total_chars == 0:
         return stats
     vocabulary: dict[str, int] = {}
     ids = np.fromiter(
@@ -131,31 +149,52 @@ def ngram_char_fractions(
     ids += np.uint64(1)
     lengths = np.fromiter(map(len, words), np.int64, word_count)
     cumulative = np.concatenate([[0], np.cumsum(lengths)])
-    total_chars = float(cumulative[-1])
-    keys = ids.copy()
-    for n in range(2, max((*top_sizes, *duplicate_sizes), default=1) + 1):
+    keys = np.zeros(word_count, np.uint64)
+    for n in range(1, max((*top_sizes, *duplicate_sizes), default=0) + 1):
         if word_count < n:
             break
-        keys = keys[:-1] * _NGRAM_KEY_MULTIPLIER + ids[n - 1 :]  # wraps mod 2**64 on purpose
-        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-        count_at_start = counts[inverse]
-        if n in top_sizes and counts.max() > 1:
-            span_chars = cumulative[n:] - cumulative[:-n]
-            most = counts.max()
-            covered = most * span_chars[count_at_start == most].max()
-            stats[f"top_{n}gram_char_fraction"] = min(1.0, float(covered) / total_chars)
-        if n in duplicate_sizes:
-            starts = np.flatnonzero(count_at_start > 1)
-            if starts.size:
-                # Difference array marks each word covered by at least one repeated n-gram.
-                coverage = np.zeros(word_count + 1, np.int64)
-                coverage[starts] += 1
-                coverage[starts + n] -= 1
-                covered_words = np.cumsum(coverage[:-1]) > 0
-                stats[f"duplicate_{n}gram_char_fraction"] = (
-                    float(lengths[covered_words].sum()) / total_chars
-                )
+        keys = keys[: word_count - n + 1] * _NGRAM_KEY_MULTIPLIER + ids[n - 1 :]  # wraps on purpose
+        if n not in top_sizes and n not in duplicate_sizes:
+            continue
+        _, first_index, inverse, counts = np.unique(
+            keys, return_index=True, return_inverse=True, return_counts=True
+        )
+        span_chars = cumulative[n:] - cumulative[:-n]  # word characters of the n-gram at i
+        if n in top_sizes:
+            # Counter.most_common keeps insertion order on ties: the earliest top n-gram wins.
+            top = first_index[counts == counts.max()].min()
+            joined_chars = span_chars[top] + n - 1
+            stats[f"top_{n}gram_char_fraction"] = float(counts.max() * joined_chars) / total_chars
+        if n in duplicate_sizes and counts.max() > 1:
+            if count_first_occurrences:
+                repeated = _chars_in_repeated_ngrams(counts[inverse] > 1, n, lengths)
+            else:
+                repeated = _chars_in_later_copies(keys.tolist(), span_chars.tolist(), n)
+            stats[f"duplicate_{n}gram_char_fraction"] = repeated / total_chars
     return stats
+
+
+def _chars_in_later_copies(keys: list[int], span_chars: list[int], n: int) -> int:
+    """datatrove's greedy scan: characters of n-grams equal to an n-gram seen earlier."""
+    seen: set[int] = set()
+    repeated = position = 0
+    while position < len(keys):
+        if keys[position] in seen:
+            repeated += span_chars[position]
+            position += n
+        else:
+            seen.add(keys[position])
+            position += 1
+    return repeated
+
+
+def _chars_in_repeated_ngrams(repeated_at: np.ndarray, n: int, lengths: np.ndarray) -> int:
+    """Characters of the words covered by any repeated n-gram (first occurrences included)."""
+    starts = np.flatnonzero(repeated_at)
+    coverage = np.zeros(lengths.size + 1, np.int64)
+    coverage[starts] += 1
+    coverage[starts + n] -= 1  # a difference array marks each covered word once
+    return int(lengths[np.cumsum(coverage[:-1]) > 0].sum())
 
 
 @register
@@ -164,7 +203,10 @@ class GopherRepetition(Filter):
     """Gopher repetition rules (Table A1); a document is removed when any fraction exceeds its
     threshold: duplicate lines 0.30 and paragraphs 0.30 (by count), characters in duplicate lines
     0.20 and paragraphs 0.20, top 2/3/4-gram characters 0.20/0.18/0.16, characters in duplicated
-    5..10-grams 0.15 down to 0.10. Lines split on newlines, paragraphs on blank lines.
+    5..10-grams 0.15 down to 0.10. Character fractions are over the whole text's length.
+    Paragraphs split on 2+ newlines, lines on 1+ newlines (datatrove's fix of 2024-04-26: runs of
+    blank lines are not duplicate lines). `count_first_occurrences` selects the stricter reading
+    of the duplicated n-gram fraction (see `ngram_char_fractions`).
     """
 
     name: ClassVar[str] = "gopher_repetition"
@@ -178,25 +220,27 @@ class GopherRepetition(Filter):
     max_duplicate_ngram_char_fraction: Mapping[int, float] = dataclasses.field(
         default_factory=lambda: dict(DUPLICATE_NGRAM_MAX_CHAR_FRACTION)
     )
+    count_first_occurrences: bool = False
 
     def score(self, doc: Document) -> Scores:
-        lines = nonempty_lines(doc.text)
-        blocks = paragraphs(doc.text)
+        text = doc.text
+        lines = _LINE_SPLIT_RE.split(text)
+        blocks = _PARAGRAPH_SPLIT_RE.split(text.strip())
         duplicate_lines, duplicate_line_chars = duplicate_elements(lines)
         duplicate_blocks, duplicate_block_chars = duplicate_elements(blocks)
         scores = {
             "duplicate_line_fraction": ratio(duplicate_lines, len(lines)),
             "duplicate_paragraph_fraction": ratio(duplicate_blocks, len(blocks)),
-            "duplicate_line_char_fraction": ratio(duplicate_line_chars, sum(map(len, lines))),
-            "duplicate_paragraph_char_fraction": ratio(
-                duplicate_block_chars, sum(map(len, blocks))
-            ),
+            "duplicate_line_char_fraction": ratio(duplicate_line_chars, len(text)),
+            "duplicate_paragraph_char_fraction": ratio(duplicate_block_chars, len(text)),
         }
         scores.update(
             ngram_char_fractions(
-                split_words(doc.text),
+                word_tokens(text),
+                len(text),
                 tuple(sorted(self.max_top_ngram_char_fraction)),
                 tuple(sorted(self.max_duplicate_ngram_char_fraction)),
+                self.count_first_occurrences,
             )
         )
         return scores

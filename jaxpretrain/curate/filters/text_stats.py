@@ -9,6 +9,9 @@ from collections.abc import Sequence
 # ASCII punctuation plus the typographic marks common in web text; stripped from word edges.
 PUNCTUATION = string.punctuation + "“”‘’«»‹›…–—―·•¡¿、。，！？：；（）「」『』【】"
 _PARAGRAPH_BREAK_RE = re.compile(r"\n\s*\n")
+# A word (letters/digits joined by inner hyphens, apostrophes, dots or commas: "don't", "3.14",
+# "1,000"), an ellipsis, or one punctuation/symbol character.
+_TOKEN_RE = re.compile(r"\w+(?:[-'’.,]\w+)*|\.\.\.|[^\w\s]")
 
 
 def split_words(text: str) -> list[str]:
@@ -19,6 +22,26 @@ def split_words(text: str) -> list[str]:
     """
     words = (token.strip(PUNCTUATION) for token in text.split())
     return [word for word in words if word]
+
+
+def word_tokens(text: str) -> list[str]:
+    """Words and punctuation marks as separate tokens: "Hello, world." -> [Hello, ",", world, "."].
+
+    Approximates NLTK's `word_tokenize` (Treebank rules), which datatrove's Gopher and FineWeb
+    filters ran on for FineWeb, without its punkt model: punctuation tokens count in ratios
+    "per word" there, so they count here. Contractions stay one token ("don't"; NLTK: do, n't).
+    """
+    return _TOKEN_RE.findall(text)
+
+
+def is_symbol_token(token: str) -> bool:
+    """True for a token made only of punctuation (datatrove leaves these out of word counts)."""
+    return not token.isalnum() and not any(char.isalnum() for char in token)
+
+
+def has_letter(token: str) -> bool:
+    """True when `token` contains an alphabetic character."""
+    return token.isalpha() or (not token.isdigit() and any(char.isalpha() for char in token))
 
 
 def nonempty_lines(text: str) -> list[str]:
