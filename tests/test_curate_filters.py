@@ -526,3 +526,40 @@ def test_throughput_report_per_filter_family(tmp_path):
         rates[name] = round(len(pages) / (time.perf_counter() - started))
     print("filter docs/s (~480-word pages):", rates)
     assert all(rate > 0 for rate in rates.values())
+
+
+def test_ngram_statistics_equal_a_plain_python_reading_of_datatrove():
+    """The vectorised statistics (with their shortcut once no n-gram repeats) equal a direct
+    implementation of the definitions on texts from unique to highly repetitive."""
+    import collections
+    import random
+
+    from jaxpretrain.curate.filters.gopher import ngram_char_fractions
+
+    def reference(words, total, top_sizes, duplicate_sizes):
+        stats = {}
+        for n in top_sizes:
+            grams = collections.Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+            gram, count = grams.most_common(1)[0] if grams else ((), 0)
+            stats[f"top_{n}gram_char_fraction"] = count * len(" ".join(gram)) / total
+        for n in duplicate_sizes:
+            seen, repeated, position = set(), 0, 0
+            while position <= len(words) - n:
+                gram = tuple(words[position : position + n])
+                if gram in seen:
+                    repeated += sum(map(len, gram))
+                    position += n
+                else:
+                    seen.add(gram)
+                    position += 1
+            stats[f"duplicate_{n}gram_char_fraction"] = repeated / total
+        return stats
+
+    rng = random.Random(0)
+    for trial in range(300):
+        vocabulary = [f"w{i}" * rng.randint(1, 3) for i in range(rng.choice([3, 10, 50, 1000]))]
+        words = [rng.choice(vocabulary) for _ in range(rng.randint(0, 60))]
+        total = len(" ".join(words)) + 1
+        expected = reference(words, total, (2, 3, 4), (5, 6, 7, 8, 9, 10))
+        got = ngram_char_fractions(words, total, (2, 3, 4), (5, 6, 7, 8, 9, 10))
+        assert got == pytest.approx(expected), (trial, words)

@@ -64,7 +64,8 @@ class GopherQuality(Filter):
     def score(self, doc: Document) -> Scores:
         text = doc.text
         tokens = word_tokens(text)
-        words = [token for token in tokens if not is_symbol_token(token)]
+        # isalnum() first: most tokens are plain words, and it answers them in C.
+        words = [token for token in tokens if token.isalnum() or not is_symbol_token(token)]
         lines = text.splitlines()
         return {
             "word_count": float(len(words)),
@@ -142,19 +143,24 @@ def ngram_char_fractions(
     word_count = len(words)
     if word_count == 0 or total_chars == 0:
         return stats
-    vocabulary: dict[str, int] = {}
-    ids = np.fromiter(
-        (vocabulary.setdefault(word, len(vocabulary)) for word in words), np.uint64, word_count
-    )
+    vocabulary = {word: index for index, word in enumerate(dict.fromkeys(words))}
+    ids = np.fromiter(map(vocabulary.__getitem__, words), np.uint64, word_count)
     ids += np.uint64(1)
     lengths = np.fromiter(map(len, words), np.int64, word_count)
     cumulative = np.concatenate([[0], np.cumsum(lengths)])
     keys = np.zeros(word_count, np.uint64)
+    all_unique_below = False  # whether the last n-grams counted were all distinct
     for n in range(1, max((*top_sizes, *duplicate_sizes), default=0) + 1):
         if word_count < n:
             break
         keys = keys[: word_count - n + 1] * _NGRAM_KEY_MULTIPLIER + ids[n - 1 :]  # wraps on purpose
         if n not in top_sizes and n not in duplicate_sizes:
+            continue
+        if n > 1 and all_unique_below:
+            # No (n-1)-gram repeats, so no n-gram does: the top n-gram is the first one, once,
+            # and nothing is duplicated. Skips the sort for most n of ordinary prose.
+            if n in top_sizes:
+                stats[f"top_{n}gram_char_fraction"] = float(cumulative[n] + n - 1) / total_chars
             continue
         _, first_index, inverse, counts = np.unique(
             keys, return_index=True, return_inverse=True, return_counts=True
@@ -171,6 +177,7 @@ def ngram_char_fractions(
             else:
                 repeated = _chars_in_later_copies(keys.tolist(), span_chars.tolist(), n)
             stats[f"duplicate_{n}gram_char_fraction"] = repeated / total_chars
+        all_unique_below = counts.max() == 1
     return stats
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Sequence
@@ -24,14 +25,17 @@ def split_words(text: str) -> list[str]:
     return [word for word in words if word]
 
 
-def word_tokens(text: str) -> list[str]:
-    """Words and punctuation marks as separate tokens: "Hello, world." -> [Hello, ",", world, "."].
+# The Gopher repetition and quality filters (and FineWeb's) tokenize the same text one after
+# the other; the last few results are kept (as immutable tuples) so each text is scanned once.
+@functools.lru_cache(maxsize=4)
+def word_tokens(text: str) -> tuple[str, ...]:
+    """Words and punctuation marks as separate tokens: "Hello, world." -> (Hello, ",", world, ".").
 
     Approximates NLTK's `word_tokenize` (Treebank rules), which datatrove's Gopher and FineWeb
     filters ran on for FineWeb, without its punkt model: punctuation tokens count in ratios
     "per word" there, so they count here. Contractions stay one token ("don't"; NLTK: do, n't).
     """
-    return _TOKEN_RE.findall(text)
+    return tuple(_TOKEN_RE.findall(text))
 
 
 def is_symbol_token(token: str) -> bool:
