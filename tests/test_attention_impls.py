@@ -117,6 +117,19 @@ def test_splash_falls_back_where_its_blocks_do_not_fit(caplog):
     assert "length divisible by 128, not 100" in caplog.text
 
 
+def test_splash_warns_of_the_prefix_fallback_only_when_a_batch_has_a_prefix(caplog):
+    """A causal-LM run never takes the XLA branch, so it must not be told it does."""
+    attend = jax.jit(lambda *args: impls.splash_attention(*args, interpret=True))
+    with caplog.at_level(logging.WARNING):
+        jax.block_until_ready(attend(*qkv(), packed_mask("packed")))
+        jax.block_until_ready(attend(*qkv(), packed_mask("bidirectional")))
+    assert "prefix" not in caplog.text and impls.fallback_reasons() == []
+    with caplog.at_level(logging.WARNING):
+        jax.block_until_ready(attend(*qkv(), packed_mask("prefix")))
+    assert "per-row bidirectional prefix" in caplog.text
+    assert len(impls.fallback_reasons()) == 1
+
+
 def test_auto_is_xla_on_cpu_and_the_kernel_on_its_platform():
     assert impls.resolve("auto", "cpu") == "xla"
     assert impls.resolve("auto", "gpu") == "cudnn"

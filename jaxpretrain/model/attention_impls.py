@@ -282,10 +282,6 @@ def splash_attention(
     if problem:
         fall_back(problem)
         return xla_attention(query_BLNH, key_BSKH, value_BSKH, mask)
-    fall_back(
-        "splash attention masks are static and cannot express a per-row bidirectional prefix: "
-        "batches with one (prefix LM, UL2, span corruption) run the XLA path"
-    )
 
     def splash(causal):
         call = functools.partial(_splash_kernel_call, causal=causal, interpret=interpret)
@@ -301,8 +297,25 @@ def splash_attention(
         )
         return lambda q, k, v, mask: sharded(q, k, v, mask.segment_ids_BL)
 
-    branches = (splash(causal=True), splash(causal=False), xla_attention)
+    branches = (splash(causal=True), splash(causal=False), _splash_prefix_fallback)
     return jax.lax.switch(splash_variant(mask), branches, query_BLNH, key_BSKH, value_BSKH, mask)
+
+
+_SPLASH_PREFIX_REASON = (
+    "splash attention masks are static and cannot express a per-row bidirectional prefix: "
+    "batches with one (prefix LM, UL2, span corruption) run the XLA path"
+)
+
+
+def _log_splash_prefix_fallback() -> None:
+    fall_back(_SPLASH_PREFIX_REASON)
+
+
+def _splash_prefix_fallback(query_BLNH, key_BSKH, value_BSKH, mask):
+    # Logged from the device when this branch runs, not while tracing: every splash call traces
+    # all three branches, and a causal-LM run never executes this one.
+    jax.debug.callback(_log_splash_prefix_fallback)
+    return xla_attention(query_BLNH, key_BSKH, value_BSKH, mask)
 
 
 def dot_product_attention(
