@@ -228,6 +228,68 @@ def test_bfloat16_compute_gives_float32_logits_and_params():
         assert leaf.dtype == jnp.float32
 
 
+def _plain_float32_einsum(equation, x, w):
+    """The output layer as plain autodiff differentiates it (float32 cotangent, float32 matmuls)."""
+    return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32)
+
+
+def _output_layer_grads(model: Transformer, row: dict) -> dict:
+    _, _, grads = logits_loss_and_grads(model, row)
+    return {
+        "/".join(map(str, path)): np.asarray(leaf, np.float32)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(grads)[0]
+    }
+
+
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+def test_output_layer_backward_matmuls_run_in_the_compute_dtype(tie_embeddings):
+    """Float32 logits must not drag the output layer's two backward matmuls (a third of a
+    124M model's FLOPs) into float32 x float32: vocab-sized dots take bfloat16 operands."""
+    # A vocabulary size no other dimension shares, to find the output layer's dots by shape.
+    cfg = dataclasses.replace(CFG, vocab_size=96, dtype="bfloat16", tie_embeddings=tie_embeddings)
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    row = packed_row([np.arange(1, 9)])
+    batch = [
+        jnp.asarray(row[name])[None]
+        for name in ("inputs", "segment_ids", "positions", "bidirectional")
+    ]
+    graphdef, state = nnx.split(model)
+
+    def loss(state):
+        logits = nnx.merge(graphdef, state)(*batch)
+        return -jnp.mean(jax.nn.log_softmax(logits)[..., 7])
+
+    text = jax.jit(jax.grad(loss)).lower(state).as_text()
+    vocab_dots = [
+        line
+        for line in text.splitlines()
+        if "stablehlo.dot_general" in line and f"x{cfg.vocab_size}x" in line.replace("<", "x")
+    ]
+    assert len(vocab_dots) == 3  # logits, and the two backward matmuls
+    operands = [line.split(": (")[1].split(") ->")[0] for line in vocab_dots]
+    assert all("f32" not in pair for pair in operands), operands
+
+
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+def test_output_layer_gradients_match_plain_autodiff(monkeypatch, tie_embeddings):
+    """Equal in float32 compute; within bfloat16 rounding of the cotangent in bfloat16."""
+    from jaxpretrain.model import transformer
+
+    row = packed_row([np.arange(1, 9), np.arange(20, 26)], bidirectional_lengths=[3, 0])
+    for dtype, rtol in (("float32", 1e-6), ("bfloat16", 3e-2)):
+        cfg = dataclasses.replace(CFG, dtype=dtype, tie_embeddings=tie_embeddings)
+        ours = _output_layer_grads(Transformer(cfg, rngs=nnx.Rngs(0)), row)
+        with monkeypatch.context() as patch:
+            patch.setattr(transformer, "einsum_float32_out", _plain_float32_einsum)
+            plain = _output_layer_grads(Transformer(cfg, rngs=nnx.Rngs(0)), row)
+        assert ours.keys() == plain.keys()
+        for name in ours:
+            scale = np.abs(plain[name]).max()
+            np.testing.assert_allclose(
+                ours[name], plain[name], rtol=0, atol=rtol * scale, err_msg=f"{dtype} {name}"
+            )
+
+
 def test_longer_than_max_seq_len_is_rejected(model):
     too_long = jnp.zeros((1, CFG.max_seq_len + 1), jnp.int32)
     with pytest.raises(ValueError, match="max_seq_len=16"):

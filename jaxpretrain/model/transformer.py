@@ -20,6 +20,8 @@ Matmul weights are all named `kernel` because the optimizer decays exactly those
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -39,6 +41,37 @@ _REMAT_POLICY_FUNCTIONS = {
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "full": jax.checkpoint_policies.nothing_saveable,
 }
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def einsum_float32_out(equation: str, x: jax.Array, w: jax.Array) -> jax.Array:
+    """`jnp.einsum(equation, x, w)` accumulated and returned in float32, differentiated in the
+    dtype of `x` and `w`.
+
+    The output layer wants float32 logits (the softmax over a large vocabulary loses bits in
+    bfloat16), but plain autodiff then feeds the float32 cotangent into both backward matmuls,
+    which promotes them to float32 x float32: the two largest matmuls of a small model off the
+    bfloat16 tensor cores, and the weight moved in float32. Here the cotangent is rounded to the
+    inputs' dtype first, as mixed-precision training does for every other layer (and as
+    PyTorch autocast does for this one); with float32 inputs nothing changes.
+    """
+    return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32)
+
+
+def _einsum_float32_out_forward(equation, x, w):
+    return einsum_float32_out(equation, x, w), (x, w)
+
+
+def _einsum_float32_out_backward(equation, residuals, cotangent):
+    x, w = residuals
+    # A linear map: under jit the forward product vjp evaluates here is dead code.
+    _, backward = jax.vjp(
+        lambda a, b: jnp.einsum(equation, a, b, preferred_element_type=x.dtype), x, w
+    )
+    return backward(cotangent.astype(x.dtype))
+
+
+einsum_float32_out.defvjp(_einsum_float32_out_forward, _einsum_float32_out_backward)
 
 
 def param_count(cfg: ModelConfig) -> int:
@@ -263,11 +296,11 @@ class Transformer(nnx.Module):
 
     def logits(self, x_BLD: jax.Array) -> jax.Array:
         """[batch, length, vocab] float32 logits of `hidden`'s features (any length)."""
+        x_BLD = x_BLD.astype(self.cfg.compute_dtype)
         if self.lm_head is None:
             embedding_VD = self.embed.embedding[...].astype(self.cfg.compute_dtype)
-            logits_BLV = jnp.einsum(
-                "BLD,VD->BLV", x_BLD, embedding_VD, preferred_element_type=jnp.float32
-            )
+            logits_BLV = einsum_float32_out("BLD,VD->BLV", x_BLD, embedding_VD)
         else:
-            logits_BLV = self.lm_head(x_BLD)
-        return constrain(logits_BLV.astype(jnp.float32), ("batch", "length", "vocab"))
+            kernel_DV = self.lm_head.kernel[...].astype(self.cfg.compute_dtype)
+            logits_BLV = einsum_float32_out("BLD,DV->BLV", x_BLD, kernel_DV)
+        return constrain(logits_BLV, ("batch", "length", "vocab"))
