@@ -20,10 +20,12 @@ no TPU needed (compile-only devices from `jax.experimental.topologies`, as MaxTe
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
 import os
+import re
 import time
 from typing import Any
 
@@ -53,6 +55,14 @@ TPU_GENERATIONS = {
     "v5e": ("v5e", "v5litepod", "default", 2),
     "v6e": ("v6e", "v6e", "default", 2),
 }
+
+# Collective ops as they appear in compiled HLO text ("-start" is the async form on GPU/TPU; its
+# "-done" half repeats the shapes and is not counted).
+_COLLECTIVE_RE = re.compile(
+    r"= (?P<shape>.+?) (?P<kind>all-gather|all-reduce|reduce-scatter|all-to-all|"
+    r"collective-permute)(?:-start)?\("
+)
+_ARRAY_RE = re.compile(r"\b(?P<dtype>pred|[subf]\d+|bf16)\[(?P<dims>[\d,]*)\]")
 
 CPU_CAVEAT = (
     "memory compiled for CPU devices approximates an accelerator's: the TPU/GPU compilers fuse "
@@ -94,6 +104,8 @@ class DryRunReport:
     # `config.dry_run.topology` as compiled for, e.g. "v5p-128 (v5p:4x4x4, TPU v5, 95 GiB a
     # chip)"; "" for CPU devices.
     topology: str = ""
+    # Bytes each collective moves per device, by "kind dtype" (`collective_bytes`).
+    collectives: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "device_memory_bytes": DEVICE_MEMORY_BYTES}
@@ -119,6 +131,13 @@ class DryRunReport:
         for name, compiled, hand in rows:
             hand_text = "" if hand is None else f"{hand / GIB:12,.2f} GiB"
             lines.append(f"  {name:<14}{compiled / GIB:12,.2f} GiB  {hand_text}")
+        if self.collectives:
+            moved = ", ".join(
+                f"{key} {value / 2**20:,.2f} MiB"
+                for key, value in self.collectives.items()
+                if value >= 2**10  # scalars (loss sums, counts) are noise here
+            )
+            lines.append(f"collectives (a loop body counted once): {moved}")
         verdicts = [f"{name} {'fits' if ok else 'NO'}" for name, ok in self.fits.items()]
         lines.append("fits: " + ", ".join(verdicts))
         if not all(self.fits.values()):
@@ -203,11 +222,45 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
         compile_seconds=compile_seconds,
         caveat=CPU_CAVEAT if platform == "cpu" else "",
         topology=topology_text,
+        collectives=collective_bytes(compiled.as_text()),
     )
     output = paths.resolve(workdir)
     output.mkdir(parents=True, exist_ok=True)
     paths.write_text_atomic(output / "dry_run.json", json.dumps(report.to_json(), indent=2) + "\n")
     return report
+
+
+def collective_bytes(hlo_text: str) -> dict[str, int]:
+    """Bytes of each collective's result in a compiled program, summed by "kind dtype", largest
+    first (e.g. {"all-gather bf16": ..., "all-reduce f32": ...}).
+
+    Which dtype FSDP gathers weights in and reduces gradients in is the question this answers. A
+    loop body (the scanned layers, the micro-steps) is one text, so its collectives count once.
+    The CPU compiler widens bfloat16 collectives to float32 after partitioning (the GPU and TPU
+    compilers do not), so on CPU devices every float collective reads f32.
+    """
+    totals: collections.Counter[str] = collections.Counter()
+    for line in hlo_text.splitlines():
+        match = _COLLECTIVE_RE.search(line)
+        if match is None:
+            continue
+        arrays = [
+            (math.prod(int(d) for d in array["dims"].split(",") if d), array["dtype"])
+            for array in _ARRAY_RE.finditer(match["shape"])
+        ]
+        if not arrays:
+            continue
+        # An async start's shape is (operands..., results...): the largest array is the result
+        # of a gather, the operand of a reduce-scatter, the same size for the rest.
+        elements, dtype = max(arrays)
+        totals[f"{match['kind']} {dtype}"] += elements * _dtype_bytes(dtype)
+    return dict(totals.most_common())
+
+
+def _dtype_bytes(dtype: str) -> int:
+    if dtype == "pred":
+        return 1
+    return max(int(re.sub(r"\D", "", dtype)) // 8, 1)
 
 
 def abstract_batch(

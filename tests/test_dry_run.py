@@ -192,6 +192,55 @@ def test_topology_compiles_clm_125m_for_a_real_tpu_slice(tmp_path):
     assert json.loads((tmp_path / "dry_run.json").read_text())["topology"] == report.topology
 
 
+GPU_STYLE_HLO = """
+  %all-gather-start = (bf16[64,32]{1,0}, bf16[512,32]{1,0}) all-gather-start(%p), dimensions={0}
+  %all-gather-done = bf16[512,32]{1,0} all-gather-done(%all-gather-start)
+  %all-reduce-start = f32[256]{0} all-reduce-start(f32[256]{0} %g), to_apply=%add
+  %all-reduce-done = f32[256]{0} all-reduce-done(f32[256]{0} %all-reduce-start)
+  ROOT %reduce-scatter.1 = bf16[16,32]{1,0} reduce-scatter(bf16[128,32]{1,0} %x), dimensions={0}
+  %fusion.3 = bf16[512,32]{1,0} fusion(bf16[512,32]{1,0} %all-gather-done), kind=kLoop
+"""
+
+
+def test_collective_bytes_reads_async_and_plain_collectives():
+    assert dry_run.collective_bytes(GPU_STYLE_HLO) == {
+        "all-gather bf16": 512 * 32 * 2,  # the gathered result, once (not the -done half)
+        "all-reduce f32": 256 * 4,
+        "reduce-scatter bf16": 16 * 32 * 2,  # its result (the line's shape)
+    }
+
+
+def test_fsdp_gathers_weights_and_data_parallel_only_reduces_gradients(tmp_path):
+    """FSDP's per-step all-gathers are the sharded weights; a data-parallel mesh has none."""
+    config = tiny_config()
+    config.mesh.update(data=1, fsdp=-1)
+    fsdp = dry_run.dry_run(config, str(tmp_path / "fsdp"))
+    replicated = dry_run.dry_run(tiny_config(), str(tmp_path / "data"))  # data fills the mesh
+    assert fsdp.mesh["fsdp"] == 8 and replicated.mesh["data"] == 8
+    assert fsdp.collectives["all-gather f32"] > 0 and "all-gather f32" in fsdp.table()
+    assert replicated.collectives.get("all-gather f32", 0) < 2**10
+    # Gradients are all-reduced over the data axis: the embedding's (outside the layer loop,
+    # whose body counts once) at least.
+    assert replicated.collectives["all-reduce f32"] >= 4 * 512 * 64
+
+
+@pytest.mark.slow
+def test_topology_tpu_compiler_gathers_fsdp_weights_in_the_compute_dtype(tmp_path):
+    """libtpu, fsdp over v5e-8, bfloat16 compute: weights are gathered in bfloat16 (the CPU
+    compiler widens them to float32 after partitioning, so this needs a real TPU compiler).
+    Only the norm scales, which compute in float32, are gathered in float32."""
+    pytest.importorskip("libtpu")
+    config = tiny_config()
+    config.model.dtype = "bfloat16"
+    config.mesh.update(data=1, fsdp=-1)
+    config.dry_run.topology = "v5e-8"
+    report = dry_run.dry_run(config, str(tmp_path))
+    assert report.mesh["fsdp"] == 8
+    gathered_bf16 = report.collectives["all-gather bf16"]
+    assert gathered_bf16 > 0
+    assert report.collectives.get("all-gather f32", 0) < gathered_bf16 / 50, report.collectives
+
+
 @pytest.mark.slow
 def test_topology_too_small_for_clm_7b_says_what_the_tpu_compiler_refused(tmp_path):
     """v5e's 16 GiB chips: libtpu refuses the 7B step even at one row per micro-step (~10 s)."""
