@@ -77,6 +77,8 @@ def default_config() -> ml_collections.ConfigDict:
     # > 0: the loss computes logits this many positions at a time (recomputed in the backward
     # pass), so [batch, length, vocab] float32 logits never exist at once; must divide seq_len.
     c.model.logits_chunk_length = 0
+    # True: the layers run as one lax.scan (compile time independent of depth); False unrolls.
+    c.model.scan_layers = True
     c.model.init_std = 0.02
 
     c.train = ml_collections.ConfigDict()

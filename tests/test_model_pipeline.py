@@ -69,22 +69,24 @@ def forward_and_grads(cfg: ModelConfig, params, batch, mesh=None):
 
 
 @pytest.mark.parametrize(
-    ("stages", "repeats", "microbatches", "data"),
+    ("stages", "repeats", "microbatches", "data", "scan_layers"),
     [
-        (2, 1, 2, 4),  # GPipe
-        (4, 1, 4, 2),  # GPipe, 4 stages
-        (2, 1, 1, 4),  # one microbatch: the pipeline is all bubble, still exact
-        (2, 2, 2, 4),  # circular, M = S
-        (2, 2, 4, 2),  # circular, M > S: outputs wait in the buffer between passes
-        (4, 2, 4, 2),  # circular, 4 stages
+        (2, 1, 2, 4, True),  # GPipe
+        (4, 1, 4, 2, True),  # GPipe, 4 stages
+        (2, 1, 1, 4, True),  # one microbatch: the pipeline is all bubble, still exact
+        (2, 2, 2, 4, True),  # circular, M = S
+        (2, 2, 4, 2, True),  # circular, M > S: outputs wait in the buffer between passes
+        (4, 2, 4, 2, True),  # circular, 4 stages
+        (2, 2, 2, 4, False),  # circular, each stage's layers unrolled
     ],
 )
-def test_pipeline_equals_layers_in_order(stages, repeats, microbatches, data):
+def test_pipeline_equals_layers_in_order(stages, repeats, microbatches, data, scan_layers):
     pipelined = model_config(
         2 * stages * repeats,
         pipeline_stages=stages,
         pipeline_repeats=repeats,
         pipeline_microbatches=microbatches,
+        scan_layers=scan_layers,
     )
     reference = dataclasses.replace(
         pipelined, pipeline_stages=1, pipeline_repeats=1, pipeline_microbatches=1

@@ -134,7 +134,7 @@ def logits_loss_and_grads(model: Transformer, row: dict):
     return np.asarray(logits), float(loss), grads
 
 
-def test_remat_policies_give_equal_outputs_and_gradients():
+def test_remat_policies_and_unrolled_layers_give_equal_outputs_and_gradients():
     row = packed_row([np.arange(1, 9), np.arange(20, 26)], bidirectional_lengths=[3, 2])
     batch = [
         jnp.asarray(row[name])[None]
@@ -144,6 +144,9 @@ def test_remat_policies_give_equal_outputs_and_gradients():
         policy: Transformer(dataclasses.replace(CFG, remat_policy=policy), rngs=nnx.Rngs(0))
         for policy in REMAT_POLICIES
     }
+    for policy in ("none", "full"):  # the layers unrolled (model.scan_layers=False)
+        cfg = dataclasses.replace(CFG, remat_policy=policy, scan_layers=False)
+        models[f"{policy} unrolled"] = Transformer(cfg, rngs=nnx.Rngs(0))
 
     def loss_fn(model):
         logits = model(*batch)
@@ -177,6 +180,22 @@ def test_remat_policy_reaches_the_compiled_graph():
         nnx.state(model)
     )
     assert "checkpoint" in str(jaxpr) or "remat" in str(jaxpr)
+
+
+def test_scan_layers_decides_whether_the_layers_are_one_loop():
+    features = [jnp.ones((1, LENGTH), jnp.int32)] * 3 + [jnp.zeros((1, LENGTH), jnp.int32)]
+    jaxprs = {}
+    for scan_layers in (True, False):
+        model = Transformer(
+            dataclasses.replace(CFG, num_layers=3, scan_layers=scan_layers), rngs=nnx.Rngs(0)
+        )
+        forward = lambda state, model=model: nnx.merge(nnx.graphdef(model), state)(*features)  # noqa: E731
+        jaxprs[scan_layers] = str(jax.make_jaxpr(forward)(nnx.state(model)))
+    assert "scan[" in jaxprs[True] and "scan[" not in jaxprs[False]
+    # Scanned, one layer's matmuls are traced once; unrolled, once per layer (3), and the
+    # output layer's once in both.
+    per_layer = jaxprs[True].count("dot_general") - 1
+    assert per_layer > 0 and jaxprs[False].count("dot_general") == 3 * per_layer + 1
 
 
 def test_grouped_query_attention_equals_repeated_kv_heads(model):

@@ -53,7 +53,9 @@ class ModelConfig:
     the same function, so it may change between restarts of a run. `logits_chunk_length` > 0
     makes the loss run the output layer over that many positions at a time, recomputing each
     chunk's logits in the backward pass, so the float32 [batch, length, vocab] logits never exist
-    at once (0: whole rows); it changes memory and speed, not the loss.
+    at once (0: whole rows); it changes memory and speed, not the loss. `scan_layers` runs the
+    layers as one `jax.lax.scan` (one compiled layer, compile time independent of depth);
+    False unrolls them (see `transformer.apply_block_stack`); the values are the same.
 
     The `pipeline_*` fields say how the layer stack runs, not what it computes: with
     `pipeline_stages` > 1 the layers are split into that many stages (the `stage` logical axis)
@@ -80,6 +82,7 @@ class ModelConfig:
     remat_policy: str = "none"
     attention: str = "auto"
     logits_chunk_length: int = 0
+    scan_layers: bool = True
     init_std: float = 0.02
     pipeline_stages: int = 1
     pipeline_repeats: int = 1
@@ -136,6 +139,8 @@ class ModelConfig:
             )
         if not isinstance(self.tie_embeddings, bool):
             raise ValueError(f"model.tie_embeddings={self.tie_embeddings!r} must be True or False.")
+        if not isinstance(self.scan_layers, bool):
+            raise ValueError(f"model.scan_layers={self.scan_layers!r} must be True or False.")
         stages, repeats = self.pipeline_stages, self.pipeline_repeats
         if self.num_layers % (stages * repeats):
             raise ValueError(

@@ -173,13 +173,17 @@ def apply_block_stack(
     positions_BL: jax.Array,
     mask: AttentionMask,
     remat_policy: str,
+    scan: bool = True,
 ) -> jax.Array:
-    """Runs stacked blocks (`nnx.split` of `create_block_stack`) in order with `jax.lax.scan`.
+    """Runs stacked blocks (`nnx.split` of `create_block_stack`) in order.
 
-    One compiled layer body; merging the block back inside the scan body (rather than using
-    nnx.scan) keeps this independent of NNX transform internals. The body is wrapped in
-    `jax.checkpoint` per `remat_policy` (see `REMAT_POLICIES`); every policy computes the same
-    values and gradients.
+    With `scan` (model.scan_layers) the layers run as one `jax.lax.scan`: one compiled layer
+    body, whatever the depth. Without, the loop is unrolled: each layer is compiled on its own
+    (compile time grows with depth) and XLA may schedule and fuse across layers, with no
+    per-layer slicing of the stacked weights or stacking of their gradients. Merging the block
+    back inside the body (rather than using nnx.scan) keeps this independent of NNX transform
+    internals. The body is wrapped in `jax.checkpoint` per `remat_policy` (see
+    `REMAT_POLICIES`); every policy, scanned or not, computes the same values and gradients.
     """
 
     def apply_one_layer(carry_BLD: jax.Array, layer_state: nnx.State) -> tuple[jax.Array, None]:
@@ -192,8 +196,14 @@ def apply_block_stack(
         apply_one_layer = jax.checkpoint(
             apply_one_layer, policy=_REMAT_POLICY_FUNCTIONS[remat_policy], prevent_cse=False
         )
-    out_BLD, _ = jax.lax.scan(apply_one_layer, x_BLD, stacked_state)
-    return out_BLD
+    if scan:
+        out_BLD, _ = jax.lax.scan(apply_one_layer, x_BLD, stacked_state)
+        return out_BLD
+    num_layers = jax.tree.leaves(stacked_state)[0].shape[0]
+    for index in range(num_layers):
+        layer_state = jax.tree.map(lambda stacked, i=index: stacked[i], stacked_state)
+        x_BLD, _ = apply_one_layer(x_BLD, layer_state)
+    return x_BLD
 
 
 class Transformer(nnx.Module):
@@ -276,7 +286,13 @@ class Transformer(nnx.Module):
 
         def apply_layers(layer_state, x_BLD, positions_BL, mask):
             return apply_block_stack(
-                graphdef, layer_state, x_BLD, positions_BL, mask, self.cfg.remat_policy
+                graphdef,
+                layer_state,
+                x_BLD,
+                positions_BL,
+                mask,
+                self.cfg.remat_policy,
+                scan=self.cfg.scan_layers,
             )
 
         if self.cfg.pipeline_stages > 1:
