@@ -9,21 +9,27 @@
 #   tools/gpu_bench.sh --cpu-smoke             # the same script on tiny shapes on CPU (CI)
 #
 # Each model is timed by `tools/benchmark.py train --json` and `tools/torch_baseline.py --json`;
-# JSON lines go to $OUT/gpu_bench.jsonl and the attention table to $OUT/attention.md when OUT is
-# set (the device tool brings them back).
+# JSON lines go to $OUT/gpu_bench.jsonl as each run ends and the attention table to
+# $OUT/attention.md when OUT is set (the device tool brings them back, also after a timeout).
+# Then, while the script has run under --budget seconds (default 420), 124M variants one at a
+# time: the same run again (the noise), unrolled layers, dots_no_batch remat, chunked logits,
+# MaxText's XLA GPU flags; and the dry run's collective bytes under fsdp=8 on 8 mocked GPUs
+# (the GPU compiler's answer to "are FSDP weights gathered in float32?").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode=gpu
 with_1b=0
 steps=20
+budget=420
 for arg in "$@"; do
   case "$arg" in
     --cpu-smoke) mode=cpu ;;
     --with-1b) with_1b=1 ;;
     --steps=*) steps="${arg#--steps=}" ;;
+    --budget=*) budget="${arg#--budget=}" ;;
     *)
-      echo "usage: tools/gpu_bench.sh [--cpu-smoke] [--with-1b] [--steps=N]" >&2
+      echo "usage: tools/gpu_bench.sh [--cpu-smoke] [--with-1b] [--steps=N] [--budget=SECONDS]" >&2
       exit 2
       ;;
   esac
@@ -37,7 +43,7 @@ if [ "$mode" = gpu ] && compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 results=$(mktemp)
-trap 'rm -f "$results" "$results.matmul" "$results.attention"' EXIT
+trap 'rm -f "$results" "$results.matmul" "$results.attention" "$results.collectives"' EXIT
 
 if [ "$mode" = gpu ]; then
   "$PYTHON" -c "import jax; d = jax.devices()[0]; assert d.platform == 'gpu', d; print(jax.__version__, d.device_kind)"
@@ -48,6 +54,10 @@ if [ "$mode" = gpu ]; then
   torch_device=(--device=cuda)
   warmup=3
   attention_flags=(--config=configs/clm_124m.py "--lengths=512,1024,2048,4096,8192" --steps=10)
+  variant_config=configs/clm_124m.py
+  variants=(repeat scan_layers=False remat=dots_no_batch logits_chunk_length=256 xla_flags)
+  # Compiled by the GPU compiler for 8 GPUs that one real GPU pretends to be (compile only).
+  collectives_env=(JAX_MOCK_GPU_TOPOLOGY=1x8x1)
 else
   export JAX_PLATFORMS=cpu
   configs=(configs/tiny_clm.py)
@@ -56,6 +66,9 @@ else
   steps=2
   warmup=1
   attention_flags=(--lengths=64 --attention_tokens=128 --steps=1 --warmup=0)
+  variant_config=configs/tiny_clm.py
+  variants=(scan_layers=False)
+  collectives_env=(XLA_FLAGS=--xla_force_host_platform_device_count=8)
 fi
 
 # The baseline's flags, from the same config (shapes, batch, tying) as ours.
@@ -81,6 +94,12 @@ print(
 PY
 }
 
+save_results() {  # what has been measured so far, to $OUT (it comes back even after a timeout)
+  if [ -n "${OUT:-}" ]; then
+    cat "$results.matmul" "$results" >"$OUT/gpu_bench.jsonl"
+  fi
+}
+
 matmul_size=8192
 [ "$mode" = cpu ] && matmul_size=256
 "$PYTHON" tools/benchmark.py matmul --matmul_size="$matmul_size" >"$results.matmul"
@@ -102,16 +121,17 @@ for config in "${configs[@]}"; do
       --steps="$steps" --warmup="$warmup" --json | tail -n 1)
   fi
   echo "{\"model\": \"$name\", \"side\": \"jaxpretrain\", \"attention\": \"$attention\", \"result\": $ours}" >>"$results"
+  save_results
   echo "== $name: torch baseline" >&2
   # shellcheck disable=SC2046  # the flags are words on purpose
   theirs=$("$PYTHON" tools/torch_baseline.py $(torch_flags "$config") "${torch_device[@]}" \
     --steps="$steps" --warmup="$warmup" --json | tail -n 1)
   echo "{\"model\": \"$name\", \"side\": \"torch\", \"result\": $theirs}" >>"$results"
+  save_results
+  if [ "$name" = "$(basename "$variant_config" .py)" ]; then
+    variant_attention=$attention
+  fi
 done
-
-if [ -n "${OUT:-}" ]; then
-  cat "$results.matmul" "$results" >"$OUT/gpu_bench.jsonl"
-fi
 
 # Attention alone (forward + backward), each implementation this machine has, with and without
 # segment ids: after the models, so a slow kernel cannot cost the comparison.
@@ -120,6 +140,53 @@ echo "== attention implementations" >&2
 if [ -n "${OUT:-}" ]; then
   cp "$results.attention" "$OUT/attention.md"
 fi
+
+# What FSDP moves, by collective and dtype, as this platform's compiler builds it (the CPU
+# compiler widens bfloat16 collectives to float32; the GPU's should not).
+echo "== fsdp=8 collectives (dry run, tiny model, bfloat16)" >&2
+# A mocked topology the runtime does not support must cost a warning, not the session's call.
+if timeout 180 env "${collectives_env[@]}" "$PYTHON" -m jaxpretrain.main --mode=dry_run \
+  --config=configs/tiny_clm.py --workdir="$(mktemp -d)" --config.mesh.data=1 \
+  --config.mesh.fsdp=8 --config.model.dtype=bfloat16 --config.train.batch_size=16 \
+  --config.train.seq_len=256 >"$results.collectives" 2>&1; then
+  grep -E "^(mesh|collectives)" "$results.collectives" >&2
+  if [ -n "${OUT:-}" ]; then cp "$results.collectives" "$OUT/collectives.txt"; fi
+else
+  echo "warning: the fsdp=8 dry run failed; its log:" >&2
+  tail -n 20 "$results.collectives" >&2
+fi
+
+# 124M (tiny on CPU) variants, one flag each, while time is left: the first repeats the default
+# run, so the other rows' differences can be read against the noise.
+variant_overrides=()
+if [[ "${variant_attention:-auto}" == xla* ]]; then
+  variant_overrides=(--config.model.attention=xla --config.model.remat_policy=dots_no_batch)
+fi
+for variant in "${variants[@]}"; do
+  if [ "$SECONDS" -ge "$budget" ]; then
+    echo "== variants: $SECONDS s used of the --budget=$budget; skipping $variant and after" >&2
+    break
+  fi
+  echo "== variant $variant (after $SECONDS s)" >&2
+  flags=()
+  variant_env=()
+  case "$variant" in
+    repeat) ;;
+    remat=*) flags=(--config.model.remat_policy="${variant#remat=}") ;;
+    xla_flags)
+      variant_env=("XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true --xla_gpu_enable_triton_gemm=false")
+      ;;
+    *) flags=(--config.model."$variant") ;;
+  esac
+  if row=$(env "${variant_env[@]}" "$PYTHON" tools/benchmark.py train --config="$variant_config" \
+    "${overrides[@]}" "${variant_overrides[@]}" "${flags[@]}" --steps="$steps" \
+    --warmup="$warmup" --json | tail -n 1) && [ -n "$row" ]; then
+    echo "{\"model\": \"$(basename "$variant_config" .py)\", \"side\": \"variant\", \"variant\": \"$variant\", \"result\": $row}" >>"$results"
+    save_results
+  else
+    echo "warning: variant $variant failed (see above); going on" >&2
+  fi
+done
 
 "$PYTHON" - "$results" <<'PY'
 import json
@@ -134,7 +201,10 @@ print(
     "against the spec sheet's dense bf16 peak"
 )
 by_model, attention = {}, {}
+variants = [row for row in rows if row["side"] == "variant"]
 for row in rows:
+    if row["side"] == "variant":
+        continue
     by_model.setdefault(row["model"], {})[row["side"]] = row["result"]
     if row["side"] == "jaxpretrain":
         attention[row["model"]] = row["attention"]
@@ -160,4 +230,19 @@ for model, sides in by_model.items():
         f"{gib(ours['peak_memory_gib'])} | {gib(torch.get('peak_memory_gib'))} | "
         f"{ours['compile_s']:.0f} s |"
     )
+if variants:
+    default = by_model[variants[0]["model"]]["jaxpretrain"]
+    print()
+    print(f"{variants[0]['model']} variants (one flag each; 'repeat' is the default run again):")
+    print("| variant | tok/s | MFU | vs default | step (median, min-max) | mem | compile |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in variants:
+        result = row["result"]
+        print(
+            f"| {row['variant']} | {result['tokens_per_second']:,.0f} | {percent(result['mfu'])} | "
+            f"{result['tokens_per_second'] / default['tokens_per_second']:.3f}x | "
+            f"{result['step_ms_median']:.1f} ms ({result['step_ms_min']:.1f}-"
+            f"{result['step_ms_max']:.1f}) | {gib(result['peak_memory_gib'])} | "
+            f"{result['compile_s']:.0f} s |"
+        )
 PY
