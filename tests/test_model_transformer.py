@@ -289,24 +289,26 @@ def test_output_layer_backward_matmuls_run_in_the_compute_dtype(tie_embeddings):
     assert all("f32" not in pair for pair in operands), operands
 
 
-@pytest.mark.parametrize("tie_embeddings", [True, False])
-def test_output_layer_gradients_match_plain_autodiff(monkeypatch, tie_embeddings):
-    """Equal in float32 compute; within bfloat16 rounding of the cotangent in bfloat16."""
+@pytest.mark.parametrize(
+    "dtype, tie_embeddings, tolerance",
+    [("float32", True, 1e-6), ("bfloat16", True, 3e-2), ("bfloat16", False, 3e-2)],
+)
+def test_output_layer_gradients_match_plain_autodiff(monkeypatch, dtype, tie_embeddings, tolerance):
+    """Equal in float32 compute; within bfloat16 rounding of the cotangent in bfloat16 (every
+    gradient within `tolerance` x its largest entry)."""
     from jaxpretrain.model import transformer
 
     row = packed_row([np.arange(1, 9), np.arange(20, 26)], bidirectional_lengths=[3, 0])
-    for dtype, rtol in (("float32", 1e-6), ("bfloat16", 3e-2)):
-        cfg = dataclasses.replace(CFG, dtype=dtype, tie_embeddings=tie_embeddings)
-        ours = _output_layer_grads(Transformer(cfg, rngs=nnx.Rngs(0)), row)
-        with monkeypatch.context() as patch:
-            patch.setattr(transformer, "einsum_float32_out", _plain_float32_einsum)
-            plain = _output_layer_grads(Transformer(cfg, rngs=nnx.Rngs(0)), row)
-        assert ours.keys() == plain.keys()
-        for name in ours:
-            scale = np.abs(plain[name]).max()
-            np.testing.assert_allclose(
-                ours[name], plain[name], rtol=0, atol=rtol * scale, err_msg=f"{dtype} {name}"
-            )
+    cfg = dataclasses.replace(CFG, dtype=dtype, tie_embeddings=tie_embeddings)
+    ours = _output_layer_grads(Transformer(cfg, rngs=nnx.Rngs(0)), row)
+    monkeypatch.setattr(transformer, "einsum_float32_out", _plain_float32_einsum)
+    plain = _output_layer_grads(Transformer(cfg, rngs=nnx.Rngs(0)), row)
+    assert ours.keys() == plain.keys()
+    for name in ours:
+        scale = np.abs(plain[name]).max()
+        np.testing.assert_allclose(
+            ours[name], plain[name], rtol=0, atol=tolerance * scale, err_msg=name
+        )
 
 
 def test_longer_than_max_seq_len_is_rejected(model):
