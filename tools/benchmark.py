@@ -1,6 +1,8 @@
 """Measures throughput on this machine and prints Markdown rows for docs/performance.md.
 
     python tools/benchmark.py train --config=configs/tiny_clm.py --steps=20
+    python tools/benchmark.py train --config=configs/tiny_clm.py --profile_dir=/tmp/profile
+    python tools/profile_summary.py /tmp/profile --steps=3   # where the step's time goes
     python tools/benchmark.py data --documents=2000 --corpus_mb=20
     python tools/benchmark.py matmul --matmul_size=8192   # the device's bf16 matmul FLOP/s
     python tools/benchmark.py loop --config=configs/tiny_clm.py --steps=20 --documents=400
@@ -56,6 +58,13 @@ _LENGTHS = flags.DEFINE_list(
 _ATTENTION_TOKENS = flags.DEFINE_integer(
     "attention_tokens", 16384, "attention: tokens per call (batch = tokens // length)."
 )
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir",
+    "",
+    "train: after the timed steps, trace --profile_steps more with jax.profiler into this folder "
+    "(read it with tools/profile_summary.py).",
+)
+_PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 3, "train: steps traced for --profile_dir.")
 _APPEND_TO_DOCS = flags.DEFINE_bool(
     "append_to_docs", False, "attention: also append the table to docs/performance.md."
 )
@@ -110,6 +119,12 @@ def benchmark_train(config) -> dict[str, float]:
         state, metrics = step_fn(state, batch)
         jax.block_until_ready(metrics)
         single_steps.append(time.perf_counter() - begin)
+    if _PROFILE_DIR.value:
+        # After the timing, so tracing overhead never reaches the figures.
+        with jax.profiler.trace(_PROFILE_DIR.value, create_perfetto_trace=True):
+            for _ in range(_PROFILE_STEPS.value):
+                state, metrics = step_fn(state, batch)
+            jax.block_until_ready(metrics)
 
     tokens_per_second = config.train.batch_size * config.train.seq_len / seconds_per_step
     peak = flops.peak_flops_per_device(jax.devices()[0], config.train.peak_tflops_per_device)

@@ -11,7 +11,9 @@
 # Each model is timed by `tools/benchmark.py train --json` and `tools/torch_baseline.py --json`;
 # JSON lines go to $OUT/gpu_bench.jsonl as each run ends and the attention table to
 # $OUT/attention.md when OUT is set (the device tool brings them back, also after a timeout).
-# Then, while the script has run under --budget seconds (default 420), 124M variants one at a
+# Then a jax.profiler trace of three 124M steps, summarized by tools/profile_summary.py
+# ($OUT/profile.md, and the trace itself when under 15 MB). Then, while the script has run
+# under --budget seconds (default 420), 124M variants one at a
 # time: the same run again (the noise), unrolled layers, dots_no_batch remat, chunked logits,
 # MaxText's XLA GPU flags; and the dry run's collective bytes under fsdp=8 on 8 mocked GPUs
 # (the GPU compiler's answer to "are FSDP weights gathered in float32?").
@@ -43,7 +45,7 @@ if [ "$mode" = gpu ] && compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 results=$(mktemp)
-trap 'rm -f "$results" "$results.matmul" "$results.attention" "$results.collectives"' EXIT
+trap 'rm -f "$results" "$results".*' EXIT
 
 if [ "$mode" = gpu ]; then
   "$PYTHON" -c "import jax; d = jax.devices()[0]; assert d.platform == 'gpu', d; print(jax.__version__, d.device_kind)"
@@ -141,6 +143,33 @@ if [ -n "${OUT:-}" ]; then
   cp "$results.attention" "$OUT/attention.md"
 fi
 
+# The variants and the profile run the 124M model as its row above ran: with the XLA-attention
+# fallback if that row needed it.
+variant_overrides=()
+if [[ "${variant_attention:-auto}" == xla* ]]; then
+  variant_overrides=(--config.model.attention=xla --config.model.remat_policy=dots_no_batch)
+fi
+
+# Where the 124M step's time goes (tiny on CPU): a jax.profiler trace of 3 steps, summarized.
+echo "== profile of $(basename "$variant_config" .py)" >&2
+profile_dir=$(mktemp -d)
+if "$PYTHON" tools/benchmark.py train --config="$variant_config" "${overrides[@]}" \
+  "${variant_overrides[@]}" --steps=2 --warmup=1 --json --profile_dir="$profile_dir" \
+  --profile_steps=3 >/dev/null &&
+  "$PYTHON" tools/profile_summary.py "$profile_dir" --steps=3 --top=25 >"$results.profile"; then
+  cat "$results.profile" >&2
+  if [ -n "${OUT:-}" ]; then
+    cp "$results.profile" "$OUT/profile.md"
+    # The trace itself, for a closer look here, when it fits what comes back (16 MiB a file).
+    trace=$(find "$profile_dir" -name perfetto_trace.json.gz | head -n 1)
+    if [ -n "$trace" ] && [ "$(stat -c %s "$trace")" -lt 15000000 ]; then
+      cp "$trace" "$OUT/perfetto_trace.json.gz"
+    fi
+  fi
+else
+  echo "warning: profiling failed (see above); going on" >&2
+fi
+
 # What FSDP moves, by collective and dtype, as this platform's compiler builds it (the CPU
 # compiler widens bfloat16 collectives to float32; the GPU's should not).
 echo "== fsdp=8 collectives (dry run, tiny model, bfloat16)" >&2
@@ -158,10 +187,6 @@ fi
 
 # 124M (tiny on CPU) variants, one flag each, while time is left: the first repeats the default
 # run, so the other rows' differences can be read against the noise.
-variant_overrides=()
-if [[ "${variant_attention:-auto}" == xla* ]]; then
-  variant_overrides=(--config.model.attention=xla --config.model.remat_policy=dots_no_batch)
-fi
 for variant in "${variants[@]}"; do
   if [ "$SECONDS" -ge "$budget" ]; then
     echo "== variants: $SECONDS s used of the --budget=$budget; skipping $variant and after" >&2
