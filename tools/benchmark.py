@@ -50,7 +50,9 @@ _DOCUMENTS = flags.DEFINE_integer(
 _CORPUS_MB = flags.DEFINE_float(
     "corpus_mb", 20.0, "data: size of the generated web-like corpus for the whole-pipeline rows."
 )
-_JSON = flags.DEFINE_bool("json", False, "train: print the figures as one JSON line.")
+_JSON = flags.DEFINE_bool(
+    "json", False, "train, loop, checkpoint: print the figures as one JSON line instead."
+)
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 8192, "matmul: square matrix size.")
 _LENGTHS = flags.DEFINE_list(
     "lengths", ["512", "1024", "2048", "4096", "8192"], "attention: sequence lengths timed."
@@ -66,7 +68,10 @@ _PROFILE_DIR = flags.DEFINE_string(
 )
 _PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 3, "train: steps traced for --profile_dir.")
 _APPEND_TO_DOCS = flags.DEFINE_bool(
-    "append_to_docs", False, "attention: also append the table to docs/performance.md."
+    "append_to_docs",
+    False,
+    "train, loop, checkpoint, attention: also append the table (with the date, the machine and "
+    "the command) to docs/performance.md.",
 )
 
 
@@ -463,9 +468,36 @@ def attention_table(rows: list, heads: tuple[int, int, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def append_to_docs_section(text: str, heading: str) -> None:
+PERFORMANCE_DOCS = pathlib.Path(__file__).parent.parent / "docs" / "performance.md"
+RUNS_DOCS_HEADING = "## Benchmark runs (`tools/benchmark.py ... --append_to_docs`)"
+
+
+def run_description() -> str:
+    """Date, machine and command of this run, the line above every table it prints."""
+    device = f"{jax.device_count()}x {jax.devices()[0].device_kind} ({platform.machine()})"
+    command = " ".join(["python tools/benchmark.py", *sys.argv[1:]])
+    return f"{datetime.date.today()}, {device}: `{command}`"
+
+
+def figures_table(figures: dict) -> str:
+    """A one-row Markdown table of a subcommand's figures (numbers to 4 significant digits)."""
+
+    def text(value) -> str:
+        if isinstance(value, float):
+            return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+        return str(value)
+
+    return "\n".join(
+        [
+            "| " + " | ".join(figures) + " |",
+            "| " + " | ".join("---" for _ in figures) + " |",
+            "| " + " | ".join(text(value) for value in figures.values()) + " |",
+        ]
+    )
+
+
+def append_to_docs_section(text: str, heading: str, path: pathlib.Path = PERFORMANCE_DOCS) -> None:
     """Adds `text` at the end of the `heading` section of docs/performance.md."""
-    path = pathlib.Path(__file__).parent.parent / "docs" / "performance.md"
     lines = path.read_text().splitlines(keepends=True)
     start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
     if start is None:
@@ -506,7 +538,14 @@ def main(argv: list[str]) -> None:
         if _CONFIG.value is None:
             raise app.UsageError(f"benchmark.py {argv[1]} needs --config=CONFIG.")
         measure = benchmark_loop if argv[1] == "loop" else benchmark_checkpoint
-        print(json.dumps(measure(_CONFIG.value)))
+        result = measure(_CONFIG.value)
+        if _JSON.value:
+            print(json.dumps(result))
+            return
+        table = f"{run_description()}\n\n{figures_table(result)}\n"
+        print(table)
+        if _APPEND_TO_DOCS.value:
+            append_to_docs_section(table, RUNS_DOCS_HEADING)
         return
     if len(argv) == 2 and argv[1] == "attention":
         main_attention()
@@ -526,17 +565,19 @@ def main(argv: list[str]) -> None:
     if _JSON.value:
         print(json.dumps(result))
         return
-    device = f"{jax.device_count()}x {jax.devices()[0].device_kind} ({platform.machine()})"
     mfu = "n/a" if result["mfu"] is None else f"{100 * result['mfu']:.1f}%"
-    command = " ".join(["python tools/benchmark.py", *sys.argv[1:]])
-    print(
-        "| date | device | command | mesh | params | step | tokens/s | MFU | compile | peak mem |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
-        f"| {datetime.date.today()} | {device} | `{command}` | {result['mesh']} | "
-        f"{result['params_m']:.1f}M | "
-        f"{result['step_ms']:.0f} ms | {result['tokens_per_second']:,.0f} | {mfu} | "
-        f"{result['compile_s']:.1f} s | {result['peak_memory_gib']:.2f} GiB |"
+    table = (
+        f"{run_description()}\n\n"
+        "| mesh | params | step | step (median, min-max) | tokens/s | MFU | compile | peak mem |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        f"| {result['mesh']} | {result['params_m']:.1f}M | {result['step_ms']:.0f} ms | "
+        f"{result['step_ms_median']:.0f} ms ({result['step_ms_min']:.0f}-"
+        f"{result['step_ms_max']:.0f}) | {result['tokens_per_second']:,.0f} | {mfu} | "
+        f"{result['compile_s']:.1f} s | {result['peak_memory_gib']:.2f} GiB |\n"
     )
+    print(table)
+    if _APPEND_TO_DOCS.value:
+        append_to_docs_section(table, RUNS_DOCS_HEADING)
 
 
 if __name__ == "__main__":
