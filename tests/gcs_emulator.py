@@ -8,13 +8,19 @@ TensorStore's GCS driver (Orbax's array writer) relies on and the emulator lacks
   generation it read.
 
 `start()` returns the server and the environment that points gcsfs (epath's gs:// backend),
-TensorStore and ArrayRecord's reader at it; no credentials are looked up.
+TensorStore and ArrayRecord's reader at it; no credentials are looked up. `serving()` is the
+context manager tests use: the emulator, with this process's environment pointing at it, for the
+duration of a `with` block.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
+import sys
+from collections.abc import Iterator
 from http import HTTPStatus
 
 from gcp_storage_emulator import server as emulator_server
@@ -81,3 +87,35 @@ def start(bucket: str) -> tuple[object, dict[str, str]]:
         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",  # TensorStore: no credential lookup
     }
     return server, environment
+
+
+def _forget_gcsfs_instances() -> None:
+    """Drops gcsfs's cached instances (epath's among them): one made for another emulator would
+    point at a port that is gone. Nothing is cached if gcsfs was never imported."""
+    gcsfs = sys.modules.get("gcsfs")
+    if gcsfs is not None:
+        gcsfs.GCSFileSystem.clear_instance_cache()
+
+
+@contextlib.contextmanager
+def serving(bucket: str) -> Iterator[dict[str, str]]:
+    """An emulator holding `bucket` for the duration of the block, with `os.environ` pointing at
+    it (so subprocesses started inside inherit it); yields that environment, for `env=` too.
+
+    On exit the server stops, each variable is back as it was (removed if it was unset) and
+    gcsfs's cached instances are dropped.
+    """
+    server, environment = start(bucket)
+    saved = {key: os.environ.get(key) for key in environment}
+    _forget_gcsfs_instances()
+    try:
+        os.environ.update(environment)
+        yield environment
+    finally:
+        _forget_gcsfs_instances()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()

@@ -531,7 +531,7 @@ def test_an_empty_train_split_fails_with_the_local_executors_message(tmp_path):
         beam_executor.run_beam(cfg, str(tmp_path / "beam"))
 
 
-def test_gs_sources_and_output_through_a_gcs_emulator(planted_outputs, tmp_path, monkeypatch):
+def test_gs_sources_and_output_through_a_gcs_emulator(planted_outputs, tmp_path):
     """The planted corpus read from gs:// and the prepared directory written to gs:// (a local
     GCS emulator, reached through gcsfs as epath does; the work directory stays local, since
     Beam's own gs:// filesystem needs real GCS): the same shards, tokenizer, removed.jsonl and
@@ -544,12 +544,7 @@ def test_gs_sources_and_output_through_a_gcs_emulator(planted_outputs, tmp_path,
     from jaxpretrain.data import manifest as manifest_lib
 
     root, _, _ = planted_outputs
-    server, settings = gcs_emulator.start("bucket")
-    # epath caches its gcsfs instance: one made for another emulator points at a closed port.
-    gcsfs.GCSFileSystem.clear_instance_cache()
-    try:
-        for key, value in settings.items():
-            monkeypatch.setenv(key, value)
+    with gcs_emulator.serving("bucket"):
         storage = gcsfs.GCSFileSystem(skip_instance_cache=True, use_listings_cache=False)
         for source in ("web", "books"):
             for path in sorted((root / source).iterdir()):
@@ -569,6 +564,3 @@ def test_gs_sources_and_output_through_a_gcs_emulator(planted_outputs, tmp_path,
                 content = content.decode().splitlines()
             assert content == local_files[name], f"{name} differs"
         assert manifest_lib.is_prepared(output)
-    finally:
-        gcsfs.GCSFileSystem.clear_instance_cache()
-        server.stop()

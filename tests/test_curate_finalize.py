@@ -300,12 +300,8 @@ def gcs():
     """A local GCS emulator; this process and the workers it spawns talk to it."""
     import gcs_emulator  # pytest puts tests/ on sys.path
 
-    server, settings = gcs_emulator.start("bucket")
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in settings.items():
-            patch.setenv(key, value)
+    with gcs_emulator.serving("bucket"):
         yield
-    server.stop()
 
 
 # ~40 s: manifest.write_manifest renames a temporary object, which the emulator answers slowly.

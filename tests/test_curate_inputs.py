@@ -226,16 +226,8 @@ def test_the_url_blocklist_fires_on_a_jsonl_source_through_the_pipeline(tmp_path
 def gcs_bucket():
     """gs://inputs on a local GCS emulator (see test_remote_workdir.py), reached through gcsfs."""
     gcs_emulator = pytest.importorskip("gcs_emulator")
-    server, settings = gcs_emulator.start("inputs")
-    saved = {key: os.environ.get(key) for key in settings}
-    os.environ.update(settings)
-    yield "gs://inputs"
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    server.stop()
+    with gcs_emulator.serving("inputs"):
+        yield "gs://inputs"
 
 
 def _storage():

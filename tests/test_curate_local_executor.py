@@ -173,16 +173,11 @@ def test_work_dir_holds_the_work_and_must_be_local(corpus, tmp_path, reference):
 def test_a_gs_output_is_written_to_the_bucket_with_the_work_on_local_disk(
     corpus, tmp_path, monkeypatch, reference
 ):
-    server, settings = gcs_emulator.start("bucket")
-    try:
-        for key, value in settings.items():
-            monkeypatch.setenv(key, value)
+    with gcs_emulator.serving("bucket"):
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
         prepare.prepare_from_config(_config(corpus), "gs://bucket/prepared", progress=False)
         storage = gcsfs.GCSFileSystem(skip_instance_cache=True, use_listings_cache=False)
         storage.get("bucket/prepared/", str(tmp_path / "downloaded"), recursive=True)
-    finally:
-        server.stop()
     assert _outputs(tmp_path / "downloaded") == reference
     (work,) = (tmp_path / "scratch" / "jaxpretrain-curate").iterdir()
     assert len(list((work / "units").glob("*/DONE"))) == 7

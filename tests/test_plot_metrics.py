@@ -196,16 +196,12 @@ def test_command_line(runs, tmp_path):
     assert "metrics.jsonl: no such file" in missing.stderr
 
 
-def test_a_gs_workdir_is_read_and_written_through_the_path_library(runs, monkeypatch):
+def test_a_gs_workdir_is_read_and_written_through_the_path_library(runs):
     import gcsfs
 
-    server, settings = gcs_emulator.start("bucket")
-    # epath reaches gs:// through a cached gcsfs instance: one made for another test's emulator
-    # would point at a port that is gone.
-    gcsfs.GCSFileSystem.clear_instance_cache()
-    try:
-        for key, value in settings.items():
-            monkeypatch.setenv(key, value)
+    # serving() also drops gcsfs's cached instances, epath's among them, which would point at
+    # another test's emulator.
+    with gcs_emulator.serving("bucket"):
         storage = gcsfs.GCSFileSystem(skip_instance_cache=True, use_listings_cache=False)
         spiky, _ = runs
         storage.pipe_file(
@@ -216,6 +212,3 @@ def test_a_gs_workdir_is_read_and_written_through_the_path_library(runs, monkeyp
         png = storage.cat_file("bucket/spiky/training_metrics.png")
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         assert int.from_bytes(png[16:20], "big") == 1400
-    finally:
-        gcsfs.GCSFileSystem.clear_instance_cache()
-        server.stop()

@@ -29,16 +29,8 @@ BUCKET = "bucket"
 @pytest.fixture(scope="module")
 def gcs():
     """A GCS emulator on localhost; this process and the jobs it starts talk to it."""
-    server, settings = gcs_emulator.start(BUCKET)
-    saved = {key: os.environ.get(key) for key in settings}
-    os.environ.update(settings)
-    yield settings
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    server.stop()
+    with gcs_emulator.serving(BUCKET) as environment:
+        yield environment
 
 
 def storage():
