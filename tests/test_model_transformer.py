@@ -198,6 +198,25 @@ def test_scan_layers_decides_whether_the_layers_are_one_loop():
     assert per_layer > 0 and jaxprs[False].count("dot_general") == 3 * per_layer + 1
 
 
+def test_remat_in_unrolled_layers_is_kept_from_common_subexpression_elimination():
+    """Unrolled, XLA's CSE would merge the recomputed forward into the original (remat saving
+    nothing) unless the checkpoint fences it with optimization barriers; inside the scan the
+    loop itself does, and the barriers are left out (they cost speed)."""
+    features = [jnp.ones((1, LENGTH), jnp.int32)] * 3 + [jnp.zeros((1, LENGTH), jnp.int32)]
+    barriers = {}
+    for scan_layers in (True, False):
+        cfg = dataclasses.replace(CFG, num_layers=3, scan_layers=scan_layers, remat_policy="full")
+        model = Transformer(cfg, rngs=nnx.Rngs(0))
+        graphdef = nnx.graphdef(model)
+
+        def loss(state, graphdef=graphdef):
+            return nnx.merge(graphdef, state)(*features).sum()
+
+        lowered = jax.jit(jax.grad(loss)).lower(nnx.state(model)).as_text()
+        barriers[scan_layers] = lowered.count("optimization_barrier")
+    assert barriers[True] == 0 and barriers[False] > 0, barriers
+
+
 def test_grouped_query_attention_equals_repeated_kv_heads(model):
     """GQA with 2 kv heads == MHA (kv heads = heads) whose kv kernels repeat each kv head twice."""
     mha = Transformer(dataclasses.replace(CFG, num_kv_heads=CFG.num_heads), rngs=nnx.Rngs(1))

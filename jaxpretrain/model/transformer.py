@@ -179,8 +179,8 @@ def apply_block_stack(
 
     With `scan` (model.scan_layers) the layers run as one `jax.lax.scan`: one compiled layer
     body, whatever the depth. Without, the loop is unrolled: each layer is compiled on its own
-    (compile time grows with depth) and XLA may schedule and fuse across layers, with no
-    per-layer slicing of the stacked weights or stacking of their gradients. Merging the block
+    (compile time grows with depth), takes its weights by static rather than dynamic slices,
+    and XLA may schedule and fuse across layers. Merging the block
     back inside the body (rather than using nnx.scan) keeps this independent of NNX transform
     internals. The body is wrapped in `jax.checkpoint` per `remat_policy` (see
     `REMAT_POLICIES`); every policy, scanned or not, computes the same values and gradients.
@@ -192,9 +192,9 @@ def apply_block_stack(
 
     if remat_policy != "none":
         # prevent_cse=False is safe (and faster) inside scan, which already blocks the CSE that
-        # would undo rematerialization.
+        # would undo rematerialization; unrolled, CSE would merge the recomputation away.
         apply_one_layer = jax.checkpoint(
-            apply_one_layer, policy=_REMAT_POLICY_FUNCTIONS[remat_policy], prevent_cse=False
+            apply_one_layer, policy=_REMAT_POLICY_FUNCTIONS[remat_policy], prevent_cse=not scan
         )
     if scan:
         out_BLD, _ = jax.lax.scan(apply_one_layer, x_BLD, stacked_state)
