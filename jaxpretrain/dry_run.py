@@ -56,13 +56,16 @@ TPU_GENERATIONS = {
     "v6e": ("v6e", "v6e", "default", 2),
 }
 
-# Collective ops as they appear in compiled HLO text ("-start" is the async form on GPU/TPU; its
-# "-done" half repeats the shapes and is not counted).
+# Collective ops as they appear in compiled HLO text. The async forms are counted at their
+# "-done" half, whose shape is exactly the result (a "-start" shape also holds the operands).
 _COLLECTIVE_RE = re.compile(
     r"= (?P<shape>.+?) (?P<kind>all-gather|all-reduce|reduce-scatter|all-to-all|"
-    r"collective-permute)(?:-start)?\("
+    r"collective-permute)(?P<phase>-start|-done)?\("
 )
-_ARRAY_RE = re.compile(r"\b(?P<dtype>pred|[subf]\d+|bf16)\[(?P<dims>[\d,]*)\]")
+# Array types: pred, bf16, s32, u8, f32, c64, f8e4m3fn, f8e5m2fnuz, ...
+_ARRAY_RE = re.compile(
+    r"\b(?P<dtype>pred|bf16|[subfc]\d+(?:e\d+m\d+(?:fnuz|fn)?)?)\[(?P<dims>[\d,]*)\]"
+)
 
 CPU_CAVEAT = (
     "memory compiled for CPU devices approximates an accelerator's: the TPU/GPU compilers fuse "
@@ -104,7 +107,7 @@ class DryRunReport:
     # `config.dry_run.topology` as compiled for, e.g. "v5p-128 (v5p:4x4x4, TPU v5, 95 GiB a
     # chip)"; "" for CPU devices.
     topology: str = ""
-    # Bytes each collective moves per device, by "kind dtype" (`collective_bytes`).
+    # Result bytes of the collectives per device, by "kind dtype" (`collective_bytes`).
     collectives: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -131,13 +134,13 @@ class DryRunReport:
         for name, compiled, hand in rows:
             hand_text = "" if hand is None else f"{hand / GIB:12,.2f} GiB"
             lines.append(f"  {name:<14}{compiled / GIB:12,.2f} GiB  {hand_text}")
-        if self.collectives:
-            moved = ", ".join(
-                f"{key} {value / 2**20:,.2f} MiB"
-                for key, value in self.collectives.items()
-                if value >= 2**10  # scalars (loss sums, counts) are noise here
-            )
-            lines.append(f"collectives (a loop body counted once): {moved}")
+        results = ", ".join(
+            f"{key} {value / 2**20:,.2f} MiB"
+            for key, value in self.collectives.items()
+            if value >= 2**10  # scalars (loss sums, counts) are noise here
+        )
+        if results:
+            lines.append(f"collective results (a loop body counted once): {results}")
         verdicts = [f"{name} {'fits' if ok else 'NO'}" for name, ok in self.fits.items()]
         lines.append("fits: " + ", ".join(verdicts))
         if not all(self.fits.values()):
@@ -231,36 +234,34 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
 
 
 def collective_bytes(hlo_text: str) -> dict[str, int]:
-    """Bytes of each collective's result in a compiled program, summed by "kind dtype", largest
-    first (e.g. {"all-gather bf16": ..., "all-reduce f32": ...}).
+    """Bytes of the results of a compiled program's collectives, summed by "kind dtype",
+    largest first (e.g. {"all-gather bf16": ..., "all-reduce f32": ...}).
 
-    Which dtype FSDP gathers weights in and reduces gradients in is the question this answers. A
-    loop body (the scanned layers, the micro-steps) is one text, so its collectives count once.
-    The CPU compiler widens bfloat16 collectives to float32 after partitioning (the GPU and TPU
-    compilers do not), so on CPU devices every float collective reads f32.
+    The size of each result, not the traffic on the wire (an all-reduce sends about twice its
+    result): what answers which dtype FSDP gathers weights and reduces gradients in. Combined
+    collectives (one op over a tuple of arrays) count every array under its own dtype. A loop
+    body (the scanned layers, the micro-steps) is one text, so its collectives count once. The
+    CPU compiler widens bfloat16 collectives to float32 after partitioning, so on CPU devices
+    every float collective reads f32; the TPU compiler keeps bfloat16
+    (tests/test_dry_run.py), and `tools/gpu_bench.sh` asks the GPU compiler.
     """
     totals: collections.Counter[str] = collections.Counter()
     for line in hlo_text.splitlines():
         match = _COLLECTIVE_RE.search(line)
-        if match is None:
+        if match is None or match["phase"] == "-start":
             continue
-        arrays = [
-            (math.prod(int(d) for d in array["dims"].split(",") if d), array["dtype"])
-            for array in _ARRAY_RE.finditer(match["shape"])
-        ]
-        if not arrays:
-            continue
-        # An async start's shape is (operands..., results...): the largest array is the result
-        # of a gather, the operand of a reduce-scatter, the same size for the rest.
-        elements, dtype = max(arrays)
-        totals[f"{match['kind']} {dtype}"] += elements * _dtype_bytes(dtype)
+        for array in _ARRAY_RE.finditer(match["shape"]):
+            elements = math.prod(int(d) for d in array["dims"].split(",") if d)
+            dtype = array["dtype"]
+            totals[f"{match['kind']} {dtype}"] += elements * _dtype_bytes(dtype)
     return dict(totals.most_common())
 
 
 def _dtype_bytes(dtype: str) -> int:
+    """Bytes per element of an HLO array type: pred 1, bf16 2, f8e4m3fn 1, c64 8."""
     if dtype == "pred":
         return 1
-    return max(int(re.sub(r"\D", "", dtype)) // 8, 1)
+    return max(int(re.match(r"[a-z]+(\d+)", dtype)[1]) // 8, 1)
 
 
 def abstract_batch(

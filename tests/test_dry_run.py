@@ -197,16 +197,22 @@ GPU_STYLE_HLO = """
   %all-gather-done = bf16[512,32]{1,0} all-gather-done(%all-gather-start)
   %all-reduce-start = f32[256]{0} all-reduce-start(f32[256]{0} %g), to_apply=%add
   %all-reduce-done = f32[256]{0} all-reduce-done(f32[256]{0} %all-reduce-start)
+  %rs-start = ((bf16[1024,64]{1,0}), bf16[128,64]{1,0}) reduce-scatter-start(%x), dimensions={0}
+  %rs-done = bf16[128,64]{1,0} reduce-scatter-done(%rs-start)
   ROOT %reduce-scatter.1 = bf16[16,32]{1,0} reduce-scatter(bf16[128,32]{1,0} %x), dimensions={0}
+  %combined = (f32[1000]{0}, f32[999]{0}, bf16[4000]{0}) all-reduce(%a, %b, %c), to_apply=%add
+  %scaled = f8e4m3fn[64,64]{1,0} all-gather(f8e4m3fn[8,64]{1,0} %q), dimensions={0}
   %fusion.3 = bf16[512,32]{1,0} fusion(bf16[512,32]{1,0} %all-gather-done), kind=kLoop
 """
 
 
-def test_collective_bytes_reads_async_and_plain_collectives():
+def test_collective_bytes_counts_results_of_async_combined_and_fp8_collectives():
     assert dry_run.collective_bytes(GPU_STYLE_HLO) == {
-        "all-gather bf16": 512 * 32 * 2,  # the gathered result, once (not the -done half)
-        "all-reduce f32": 256 * 4,
-        "reduce-scatter bf16": 16 * 32 * 2,  # its result (the line's shape)
+        "all-gather bf16": 512 * 32 * 2,  # the -done's result, once
+        "reduce-scatter bf16": 128 * 64 * 2 + 16 * 32 * 2,  # results, not the async operand
+        "all-reduce f32": 256 * 4 + (1000 + 999) * 4,  # a combined all-reduce: every array
+        "all-reduce bf16": 4000 * 2,
+        "all-gather f8e4m3fn": 64 * 64,
     }
 
 
