@@ -26,6 +26,7 @@ from jaxpretrain import mesh as mesh_lib
 from jaxpretrain import objectives
 from jaxpretrain.data import device as data_device
 from jaxpretrain.data import pipeline
+from jaxpretrain.model import attention_impls
 from jaxpretrain.state import Setup, StateLayout, TrainState
 
 
@@ -315,6 +316,12 @@ def make_configured_train_step(
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The train step `config.train` asks for on `setup`: what training runs and the dry run
     compiles, built in one place so the two cannot drift apart."""
+    attention_impls.log_objective_fallbacks(
+        setup.model_config.attention,
+        setup.mesh.devices.flat[0].platform,
+        bidirectional_prefix=objective.bidirectional_prefix,
+        pipelined=setup.model_config.pipeline_stages > 1,
+    )
     return make_train_step(
         setup.layout,
         objective,

@@ -117,17 +117,34 @@ def test_splash_falls_back_where_its_blocks_do_not_fit(caplog):
     assert "length divisible by 128, not 100" in caplog.text
 
 
-def test_splash_warns_of_the_prefix_fallback_only_when_a_batch_has_a_prefix(caplog):
-    """A causal-LM run never takes the XLA branch, so it must not be told it does."""
+def test_splash_logs_nothing_per_batch(caplog):
+    """Tracing splash traces its prefix branch too; a causal-LM run, which never executes it,
+    must not be told it runs the XLA path (the objective decides: next test)."""
     attend = jax.jit(lambda *args: impls.splash_attention(*args, interpret=True))
     with caplog.at_level(logging.WARNING):
-        jax.block_until_ready(attend(*qkv(), packed_mask("packed")))
-        jax.block_until_ready(attend(*qkv(), packed_mask("bidirectional")))
+        for kind in ("packed", "bidirectional", "prefix"):
+            jax.block_until_ready(attend(*qkv(), packed_mask(kind)))
     assert "prefix" not in caplog.text and impls.fallback_reasons() == []
+
+
+@pytest.mark.parametrize(
+    "implementation, platform, bidirectional_prefix, logged",
+    [
+        ("splash", "tpu", True, True),
+        ("auto", "tpu", True, True),
+        ("splash", "tpu", False, False),  # causal LM, MLM: splash runs every batch
+        ("auto", "gpu", True, False),  # cuDNN takes the dense prefix mask
+        ("xla", "tpu", True, False),
+    ],
+)
+def test_the_prefix_fallback_is_logged_for_objectives_with_a_prefix(
+    caplog, implementation, platform, bidirectional_prefix, logged
+):
     with caplog.at_level(logging.WARNING):
-        jax.block_until_ready(attend(*qkv(), packed_mask("prefix")))
-    assert "per-row bidirectional prefix" in caplog.text
-    assert len(impls.fallback_reasons()) == 1
+        impls.log_objective_fallbacks(
+            implementation, platform, bidirectional_prefix=bidirectional_prefix
+        )
+    assert ("per-row bidirectional prefix" in caplog.text) == logged
 
 
 def test_auto_is_xla_on_cpu_and_the_kernel_on_its_platform():

@@ -168,3 +168,12 @@ def test_objective_rows_attend_as_their_masks_say(name, forward):
             else:
                 why, expected = "a bidirectional position never sees a later causal token", False
             assert changed[q] == expected, f"{name}: input {j} -> logits {q}: {why}"
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_bidirectional_prefix_flag_says_what_the_rows_hold(name):
+    """`Objective.bidirectional_prefix` (which decides the splash fall-back) is True exactly
+    for objectives whose rows hold bidirectional positions and causal ones in a segment."""
+    objective = objective_or_skip(name)
+    pairs = later_pairs(packed_row_for(name, objective))
+    assert objective.bidirectional_prefix == (pairs["bidirectional"] and pairs["causal"])

@@ -297,25 +297,27 @@ def splash_attention(
         )
         return lambda q, k, v, mask: sharded(q, k, v, mask.segment_ids_BL)
 
-    branches = (splash(causal=True), splash(causal=False), _splash_prefix_fallback)
+    # The prefix branch's fall-back is logged by `log_objective_fallbacks`, once, where the
+    # objective is known: every splash call traces all three branches, and a causal-LM run
+    # never executes the third.
+    branches = (splash(causal=True), splash(causal=False), xla_attention)
     return jax.lax.switch(splash_variant(mask), branches, query_BLNH, key_BSKH, value_BSKH, mask)
 
 
-_SPLASH_PREFIX_REASON = (
-    "splash attention masks are static and cannot express a per-row bidirectional prefix: "
-    "batches with one (prefix LM, UL2, span corruption) run the XLA path"
-)
+def log_objective_fallbacks(
+    implementation: str, platform: str, *, bidirectional_prefix: bool, pipelined: bool = False
+) -> None:
+    """Logs the fall-backs an objective's batches will take, where the step is built.
 
-
-def _log_splash_prefix_fallback() -> None:
-    fall_back(_SPLASH_PREFIX_REASON)
-
-
-def _splash_prefix_fallback(query_BLNH, key_BSKH, value_BSKH, mask):
-    # Logged from the device when this branch runs, not while tracing: every splash call traces
-    # all three branches, and a causal-LM run never executes this one.
-    jax.debug.callback(_log_splash_prefix_fallback)
-    return xla_attention(query_BLNH, key_BSKH, value_BSKH, mask)
+    An objective whose rows hold a bidirectional prefix (`Objective.bidirectional_prefix`) has
+    those batches run the XLA path under splash, whose masks are static.
+    """
+    resolved = resolve(implementation, platform, pipelined=pipelined)
+    if bidirectional_prefix and resolved == "splash":
+        fall_back(
+            "splash attention masks are static and cannot express a per-row bidirectional "
+            "prefix: this objective's batches with one run the XLA path"
+        )
 
 
 def dot_product_attention(

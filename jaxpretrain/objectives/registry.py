@@ -46,6 +46,10 @@ class Objective:
     # prefix LM), so validation bits per byte measure the text; False for masked or
     # sentinel-marked targets, where eval reports loss and perplexity only.
     predicts_text: bool = True
+    # True when its rows hold a bidirectional prefix followed by causal tokens in one segment
+    # (prefix LM, span corruption, UL2): attention kernels with static masks (splash) cannot
+    # follow a per-row prefix and run the XLA path for such batches.
+    bidirectional_prefix: bool = False
 
 
 _OBJECTIVES: dict[str, Objective] = {}
