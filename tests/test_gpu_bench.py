@@ -1,6 +1,7 @@
 """tools/gpu_bench.sh and tools/fetch_gpu_wheels.sh parse and pass shellcheck; the script itself
 runs end to end in CI with --cpu-smoke (in the environment that has torch, .ci/run)."""
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -27,3 +28,31 @@ def test_unknown_flags_are_refused_with_the_usage():
     )
     assert result.returncode == 2
     assert "usage: tools/gpu_bench.sh" in result.stderr
+
+
+def test_the_table_reads_a_brought_back_jsonl_and_marks_a_failed_side(tmp_path):
+    """A baseline that failed (no torch row) is n/a in its row, not the end of the table."""
+    run = {
+        "tokens_per_second": 1000.0,
+        "mfu": 0.41,
+        "step_ms_median": 10.0,
+        "step_ms_min": 9.5,
+        "step_ms_max": 11.0,
+        "peak_memory_gib": 12.0,
+        "compile_s": 30.0,
+    }
+    lines = [
+        {"device_kind": "NVIDIA H100", "size": 8192, "tflops": 700.0, "spec_tflops": 989.0},
+        {"model": "clm_124m", "side": "jaxpretrain", "attention": "auto", "result": run},
+        {"model": "clm_124m", "side": "variant", "variant": "repeat", "result": run},
+    ]
+    brought_back = tmp_path / "gpu_bench.jsonl"
+    brought_back.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    table = subprocess.run(
+        [sys.executable, str(SCRIPTS[0].parent / "gpu_bench_table.py"), str(brought_back)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "| clm_124m | auto | 1,000 | 41.0% | n/a | n/a | n/a | 10.0 ms (9.5-11.0) |" in table
+    assert "| repeat | 1,000 | 41.0% | 1.000x |" in table

@@ -121,3 +121,11 @@ def test_benchmark_profile_of_the_tiny_model_on_cpu(tmp_path):
         text=True,
     ).stdout
     assert "| category | ms | % of op time |" in printed and "| matmul |" in printed
+
+
+def test_category_reads_the_op_not_its_operands():
+    fed_by_a_dot = "%loop_fusion.2 = bf16[8,64] fusion(%dot.3, %all-gather-done.1), kind=kLoop"
+    assert profile_summary.category("loop_fusion.2", fed_by_a_dot) == "fusion"
+    gemm = '%custom-call.3 = bf16[8,64] custom-call(%a, %b), custom_call_target="__cublas$gemm"'
+    assert profile_summary.category("custom-call.3", gemm) == "matmul"
+    assert profile_summary.category("nccl_all_gather_kernel") == "collective"

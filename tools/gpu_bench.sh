@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # The one prepared GPU measurement (issue 11): our train step beside a torch.compile'd PyTorch
 # model of the same shapes (tools/torch_baseline.py), at 124M and 350M (and 1.3B with --with-1b),
-# on one GPU in one call, then attention alone per implementation (tools/benchmark.py attention),
-# then the comparison table, last. About 7 minutes on an H100.
+# on one GPU in one call; the comparison table is printed as soon as the models are done and
+# again last. About 6 minutes on an H100 for the models and attention; the optional steps after
+# them start only while the script has run under --budget seconds (default 420).
 #
 #   tools/fetch_gpu_wheels.sh                  # here, once: wheels the GPU image lacks -> .whl/
-#   tools/gpu_bench.sh [--with-1b] [--steps=N] # there: device `run`, carry [".whl"]
+#   tools/gpu_bench.sh [--with-1b] [--steps=N] [--budget=S]   # there: device `run`, carry [".whl"]
 #   tools/gpu_bench.sh --cpu-smoke             # the same script on tiny shapes on CPU (CI)
 #
-# Each model is timed by `tools/benchmark.py train --json` and `tools/torch_baseline.py --json`;
-# JSON lines go to $OUT/gpu_bench.jsonl as each run ends and the attention table to
-# $OUT/attention.md when OUT is set (the device tool brings them back, also after a timeout).
-# Then a jax.profiler trace of three 124M steps, summarized by tools/profile_summary.py
-# ($OUT/profile.md, and the trace itself when under 15 MB). Then, while the script has run
-# under --budget seconds (default 420), 124M variants one at a
-# time: the same run again (the noise), unrolled layers, dots_no_batch remat, chunked logits,
-# MaxText's XLA GPU flags; and the dry run's collective bytes under fsdp=8 on 8 mocked GPUs
-# (the GPU compiler's answer to "are FSDP weights gathered in float32?").
+# In order, each saved to $OUT as soon as it ends (the device tool brings $OUT back, also after a
+# timeout), and each failure a warning rather than the end of the run:
+#   1. bf16 matmul FLOP/s; each model, ours (`tools/benchmark.py train --json`; if
+#      model.attention=auto fails, again with XLA attention) and the baseline -> gpu_bench.jsonl
+#   2. the comparison table (tools/gpu_bench_table.py, which also rebuilds it from the jsonl)
+#   3. attention alone per implementation -> attention.md
+#   4. within the budget: a jax.profiler trace of three 124M steps summarized by
+#      tools/profile_summary.py -> profile.md (and the trace when under 15 MB); the fsdp=8 dry
+#      run compiled by the GPU compiler for 8 GPUs one real GPU mocks (collective results by
+#      dtype) -> collectives.txt; 124M variants one flag each: the default again (the noise),
+#      unrolled layers, dots_no_batch remat, chunked logits, the latency-hiding scheduler
+#      without Triton GEMMs -> rows of gpu_bench.jsonl
+#   5. the comparison and variants tables, last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,7 +50,8 @@ if [ "$mode" = gpu ] && compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 results=$(mktemp)
-trap 'rm -f "$results" "$results".*' EXIT
+scratch=$(mktemp -d)
+trap 'rm -rf "$results" "$results".* "$scratch"' EXIT
 
 if [ "$mode" = gpu ]; then
   "$PYTHON" -c "import jax; d = jax.devices()[0]; assert d.platform == 'gpu', d; print(jax.__version__, d.device_kind)"
@@ -57,7 +63,7 @@ if [ "$mode" = gpu ]; then
   warmup=3
   attention_flags=(--config=configs/clm_124m.py "--lengths=512,1024,2048,4096,8192" --steps=10)
   variant_config=configs/clm_124m.py
-  variants=(repeat scan_layers=False remat=dots_no_batch logits_chunk_length=256 xla_flags)
+  variants=(repeat scan_layers=False remat=dots_no_batch logits_chunk_length=256 lhs_no_triton_gemm)
   # Compiled by the GPU compiler for 8 GPUs that one real GPU pretends to be (compile only).
   collectives_env=(JAX_MOCK_GPU_TOPOLOGY=1x8x1)
 else
@@ -102,9 +108,28 @@ save_results() {  # what has been measured so far, to $OUT (it comes back even a
   fi
 }
 
+within_budget() {  # within_budget STEP: whether an optional step may start
+  if [ "$SECONDS" -ge "$budget" ]; then
+    echo "== $1: skipped, $SECONDS s used of the --budget=$budget" >&2
+    return 1
+  fi
+}
+
+add_row() {  # add_row JSON_PREFIX RESULT: a row when RESULT is one JSON object, else a warning
+  if [ -n "$2" ] && "$PYTHON" -c 'import json, sys; json.loads(sys.argv[1])' "$2" 2>/dev/null; then
+    echo "{$1, \"result\": $2}" >>"$results"
+    save_results
+  else
+    echo "warning: no result for {$1}; going on" >&2
+  fi
+}
+
 matmul_size=8192
 [ "$mode" = cpu ] && matmul_size=256
-"$PYTHON" tools/benchmark.py matmul --matmul_size="$matmul_size" >"$results.matmul"
+if ! "$PYTHON" tools/benchmark.py matmul --matmul_size="$matmul_size" >"$results.matmul"; then
+  echo "warning: the matmul benchmark failed; MFU is still against the spec sheet" >&2
+  echo '{"device_kind": "unknown", "size": 0, "tflops": null, "spec_tflops": null}' >"$results.matmul"
+fi
 
 for config in "${configs[@]}"; do
   name=$(basename "$config" .py)
@@ -120,30 +145,35 @@ for config in "${configs[@]}"; do
     echo "== $name: model.attention=auto failed; rerunning with model.attention=xla" >&2
     ours=$("$PYTHON" tools/benchmark.py train --config="$config" "${overrides[@]}" \
       --config.model.attention=xla --config.model.remat_policy=dots_no_batch \
-      --steps="$steps" --warmup="$warmup" --json | tail -n 1)
+      --steps="$steps" --warmup="$warmup" --json | tail -n 1) || ours=""
   fi
-  echo "{\"model\": \"$name\", \"side\": \"jaxpretrain\", \"attention\": \"$attention\", \"result\": $ours}" >>"$results"
-  save_results
+  add_row "\"model\": \"$name\", \"side\": \"jaxpretrain\", \"attention\": \"$attention\"" "$ours"
   echo "== $name: torch baseline" >&2
-  # shellcheck disable=SC2046  # the flags are words on purpose
-  theirs=$("$PYTHON" tools/torch_baseline.py $(torch_flags "$config") "${torch_device[@]}" \
-    --steps="$steps" --warmup="$warmup" --json | tail -n 1)
-  echo "{\"model\": \"$name\", \"side\": \"torch\", \"result\": $theirs}" >>"$results"
-  save_results
+  theirs=""
+  if flags=$(torch_flags "$config"); then
+    # shellcheck disable=SC2086  # the flags are words on purpose
+    theirs=$("$PYTHON" tools/torch_baseline.py $flags "${torch_device[@]}" \
+      --steps="$steps" --warmup="$warmup" --json | tail -n 1) || theirs=""
+  fi
+  add_row "\"model\": \"$name\", \"side\": \"torch\"" "$theirs"
   if [ "$name" = "$(basename "$variant_config" .py)" ]; then
     variant_attention=$attention
   fi
 done
 
+"$PYTHON" tools/gpu_bench_table.py "$results.matmul" "$results" || true
+
 # Attention alone (forward + backward), each implementation this machine has, with and without
 # segment ids: after the models, so a slow kernel cannot cost the comparison.
 echo "== attention implementations" >&2
-"$PYTHON" tools/benchmark.py attention "${attention_flags[@]}" | tee "$results.attention" >&2
-if [ -n "${OUT:-}" ]; then
-  cp "$results.attention" "$OUT/attention.md"
+if "$PYTHON" tools/benchmark.py attention "${attention_flags[@]}" >"$results.attention"; then
+  cat "$results.attention" >&2
+  if [ -n "${OUT:-}" ]; then cp "$results.attention" "$OUT/attention.md"; fi
+else
+  echo "warning: the attention benchmark failed (see above); going on" >&2
 fi
 
-# The variants and the profile run the 124M model as its row above ran: with the XLA-attention
+# The profile and the variants run the 124M model as its row above ran: with the XLA-attention
 # fallback if that row needed it.
 variant_overrides=()
 if [[ "${variant_attention:-auto}" == xla* ]]; then
@@ -151,123 +181,62 @@ if [[ "${variant_attention:-auto}" == xla* ]]; then
 fi
 
 # Where the 124M step's time goes (tiny on CPU): a jax.profiler trace of 3 steps, summarized.
-echo "== profile of $(basename "$variant_config" .py)" >&2
-profile_dir=$(mktemp -d)
-if "$PYTHON" tools/benchmark.py train --config="$variant_config" "${overrides[@]}" \
-  "${variant_overrides[@]}" --steps=2 --warmup=1 --json --profile_dir="$profile_dir" \
-  --profile_steps=3 >/dev/null &&
-  "$PYTHON" tools/profile_summary.py "$profile_dir" --steps=3 --top=25 >"$results.profile"; then
-  cat "$results.profile" >&2
-  if [ -n "${OUT:-}" ]; then
-    cp "$results.profile" "$OUT/profile.md"
-    # The trace itself, for a closer look here, when it fits what comes back (16 MiB a file).
-    trace=$(find "$profile_dir" -name perfetto_trace.json.gz | head -n 1)
-    if [ -n "$trace" ] && [ "$(stat -c %s "$trace")" -lt 15000000 ]; then
-      cp "$trace" "$OUT/perfetto_trace.json.gz"
+if within_budget profile; then
+  echo "== profile of $(basename "$variant_config" .py)" >&2
+  if timeout -k 10 300 "$PYTHON" tools/benchmark.py train --config="$variant_config" \
+    "${overrides[@]}" "${variant_overrides[@]}" --steps=2 --warmup=1 --json \
+    --profile_dir="$scratch/profile" --profile_steps=3 >/dev/null &&
+    "$PYTHON" tools/profile_summary.py "$scratch/profile" --steps=3 --top=25 >"$results.profile"; then
+    cat "$results.profile" >&2
+    if [ -n "${OUT:-}" ]; then
+      cp "$results.profile" "$OUT/profile.md"
+      # The trace itself, for a closer look here, when it fits what comes back (16 MiB a file).
+      trace=$(find "$scratch/profile" -name perfetto_trace.json.gz | head -n 1)
+      if [ -n "$trace" ] && [ "$(stat -c %s "$trace")" -lt 15000000 ]; then
+        cp "$trace" "$OUT/perfetto_trace.json.gz"
+      fi
     fi
+  else
+    echo "warning: profiling failed (see above); going on" >&2
   fi
-else
-  echo "warning: profiling failed (see above); going on" >&2
 fi
 
 # What FSDP moves, by collective and dtype, as this platform's compiler builds it (the CPU
-# compiler widens bfloat16 collectives to float32; the GPU's should not).
-echo "== fsdp=8 collectives (dry run, tiny model, bfloat16)" >&2
-# A mocked topology the runtime does not support must cost a warning, not the session's call.
-if timeout 180 env "${collectives_env[@]}" "$PYTHON" -m jaxpretrain.main --mode=dry_run \
-  --config=configs/tiny_clm.py --workdir="$(mktemp -d)" --config.mesh.data=1 \
-  --config.mesh.fsdp=8 --config.model.dtype=bfloat16 --config.train.batch_size=16 \
-  --config.train.seq_len=256 >"$results.collectives" 2>&1; then
-  grep -E "^(mesh|collectives)" "$results.collectives" >&2
-  if [ -n "${OUT:-}" ]; then cp "$results.collectives" "$OUT/collectives.txt"; fi
-else
-  echo "warning: the fsdp=8 dry run failed; its log:" >&2
-  tail -n 20 "$results.collectives" >&2
+# compiler widens bfloat16 collectives to float32). A mocked topology the runtime does not
+# support costs a warning, not the session's call.
+if within_budget "fsdp=8 collectives"; then
+  echo "== fsdp=8 collectives (dry run, tiny model, bfloat16)" >&2
+  if timeout -k 10 180 env "${collectives_env[@]}" "$PYTHON" -m jaxpretrain.main --mode=dry_run \
+    --config=configs/tiny_clm.py --workdir="$scratch/dry_run" --config.mesh.data=1 \
+    --config.mesh.fsdp=8 --config.model.dtype=bfloat16 --config.train.batch_size=16 \
+    --config.train.seq_len=256 >"$results.collectives" 2>&1; then
+    grep -E "^(mesh|collective)" "$results.collectives" >&2
+    if [ -n "${OUT:-}" ]; then cp "$results.collectives" "$OUT/collectives.txt"; fi
+  else
+    echo "warning: the fsdp=8 dry run failed; its log:" >&2
+    tail -n 20 "$results.collectives" >&2
+  fi
 fi
 
 # 124M (tiny on CPU) variants, one flag each, while time is left: the first repeats the default
 # run, so the other rows' differences can be read against the noise.
 for variant in "${variants[@]}"; do
-  if [ "$SECONDS" -ge "$budget" ]; then
-    echo "== variants: $SECONDS s used of the --budget=$budget; skipping $variant and after" >&2
-    break
-  fi
+  within_budget "variant $variant" || break
   echo "== variant $variant (after $SECONDS s)" >&2
   flags=()
   variant_env=()
   case "$variant" in
     repeat) ;;
     remat=*) flags=(--config.model.remat_policy="${variant#remat=}") ;;
-    xla_flags)
-      variant_env=("XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true --xla_gpu_enable_triton_gemm=false")
+    lhs_no_triton_gemm)
+      variant_env=("XLA_FLAGS=${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true --xla_gpu_enable_triton_gemm=false")
       ;;
     *) flags=(--config.model."$variant") ;;
   esac
-  if row=$(env "${variant_env[@]}" "$PYTHON" tools/benchmark.py train --config="$variant_config" \
-    "${overrides[@]}" "${variant_overrides[@]}" "${flags[@]}" --steps="$steps" \
-    --warmup="$warmup" --json | tail -n 1) && [ -n "$row" ]; then
-    echo "{\"model\": \"$(basename "$variant_config" .py)\", \"side\": \"variant\", \"variant\": \"$variant\", \"result\": $row}" >>"$results"
-    save_results
-  else
-    echo "warning: variant $variant failed (see above); going on" >&2
-  fi
+  row=$(timeout -k 10 300 env "${variant_env[@]}" "$PYTHON" tools/benchmark.py train \
+    --config="$variant_config" "${overrides[@]}" "${variant_overrides[@]}" "${flags[@]}" \
+    --steps="$steps" --warmup="$warmup" --json | tail -n 1) || row=""
+  add_row "\"model\": \"$(basename "$variant_config" .py)\", \"side\": \"variant\", \"variant\": \"$variant\"" "$row"
 done
 
-"$PYTHON" - "$results" <<'PY'
-import json
-import sys
-
-rows = [json.loads(line) for line in open(sys.argv[1])]
-matmul = json.loads(open(sys.argv[1] + ".matmul").read())
-spec = matmul["spec_tflops"]
-print(
-    f"{matmul['device_kind']}: bf16 matmul {matmul['size']}^3 reaches {matmul['tflops']:.3g} "
-    f"TFLOP/s (spec sheet: {'unknown' if spec is None else f'{spec:.0f}'}); MFU below is "
-    "against the spec sheet's dense bf16 peak"
-)
-by_model, attention = {}, {}
-variants = [row for row in rows if row["side"] == "variant"]
-for row in rows:
-    if row["side"] == "variant":
-        continue
-    by_model.setdefault(row["model"], {})[row["side"]] = row["result"]
-    if row["side"] == "jaxpretrain":
-        attention[row["model"]] = row["attention"]
-
-
-def percent(value):
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
-def gib(value):
-    return "n/a" if value is None or value != value else f"{value:.1f} GiB"
-
-
-print("| model | ours attention | ours tok/s | ours MFU | torch tok/s | torch MFU | ours / torch | ours step (median, min-max) | ours mem | torch mem | ours compile |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-for model, sides in by_model.items():
-    ours, torch = sides["jaxpretrain"], sides["torch"]
-    ratio = ours["tokens_per_second"] / torch["tokens_per_second"]
-    print(
-        f"| {model} | {attention[model]} | {ours['tokens_per_second']:,.0f} | {percent(ours['mfu'])} | "
-        f"{torch['tokens_per_second']:,.0f} | {percent(torch.get('mfu'))} | {ratio:.2f}x | "
-        f"{ours['step_ms_median']:.1f} ms ({ours['step_ms_min']:.1f}-{ours['step_ms_max']:.1f}) | "
-        f"{gib(ours['peak_memory_gib'])} | {gib(torch.get('peak_memory_gib'))} | "
-        f"{ours['compile_s']:.0f} s |"
-    )
-if variants:
-    default = by_model[variants[0]["model"]]["jaxpretrain"]
-    print()
-    print(f"{variants[0]['model']} variants (one flag each; 'repeat' is the default run again):")
-    print("| variant | tok/s | MFU | vs default | step (median, min-max) | mem | compile |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for row in variants:
-        result = row["result"]
-        print(
-            f"| {row['variant']} | {result['tokens_per_second']:,.0f} | {percent(result['mfu'])} | "
-            f"{result['tokens_per_second'] / default['tokens_per_second']:.3f}x | "
-            f"{result['step_ms_median']:.1f} ms ({result['step_ms_min']:.1f}-"
-            f"{result['step_ms_max']:.1f}) | {gib(result['peak_memory_gib'])} | "
-            f"{result['compile_s']:.0f} s |"
-        )
-PY
+"$PYTHON" tools/gpu_bench_table.py "$results.matmul" "$results"

@@ -10,9 +10,9 @@ the busiest ops, and how much of the profiled wall time the device was busy at a
 the device waiting for the host: dispatch, input, Python).
 
 Which events are executed ops:
-- GPU/TPU: the processes named `/device:...`. Of their threads, "XLA Ops" (one event per HLO
-  op, all streams) when the trace has it, else the "Stream ..." threads (one event per kernel),
-  else all of them, so an op is never counted twice.
+- GPU/TPU: the first process named `/device:...` (one device). Of its threads, "XLA Ops" (one
+  event per HLO op, all streams) when the trace has it, else the "Stream ..." threads (one event
+  per kernel), else all of them, so an op is never counted twice.
 - CPU (no device process): the XLA CPU client's and its Eigen pool's threads
   (`tf_XLAPjRtCpuClient...`, `tf_XLAEigen...`), which carry one event per executed thunk named
   after its HLO op, less the runtime's bookkeeping (C++-qualified names such as
@@ -57,10 +57,17 @@ _CPU_BOOKKEEPING = re.compile(r"::|^end: ")
 _CONTAINER = re.compile(r"^(while|conditional|call)(\.\d+)?$")
 
 
+# The parts of an op's HLO text (`long_name`) that say what it is; its operands' names (a
+# fusion fed by %dot.3) must not.
+_HLO_KIND = re.compile(r'custom_call_target="[^"]*"|kind=k\w+')
+
+
 def category(name: str, hlo_text: str = "") -> str:
-    """The coarse category of an op (see CATEGORIES), 'other' when none matches."""
+    """The coarse category of an op (see CATEGORIES) from its name and, where the trace has
+    its HLO text, the custom-call target and fusion kind; 'other' when none matches."""
+    kind = " ".join(_HLO_KIND.findall(hlo_text))
     for label, pattern in CATEGORIES:
-        if pattern.search(name) or (hlo_text and pattern.search(hlo_text)):
+        if pattern.search(name) or (kind and pattern.search(kind)):
             return label
     return "other"
 
@@ -95,7 +102,9 @@ class ProfileSummary:
         lines = [
             f"Profiled ops ({self.source}): {self.op_microseconds / 1e3:,.1f} ms of op time in "
             f"{self.wall_microseconds / 1e3:,.1f} ms of wall time{per_step}; the device was busy "
-            f"{100 * self.busy_fraction:.1f}% of it (the rest waits for the host).",
+            f"{100 * self.busy_fraction:.1f}% of it (the rest waits for the host). Traced "
+            "steps can run slower than timed ones (a GPU profiler turns CUDA graphs off): read "
+            "shares here, speed from the timed run.",
             "",
             "| category | ms | % of op time |",
             "| --- | --- | --- |",
@@ -150,20 +159,18 @@ def _selected_ops(events: list[dict]) -> tuple[str, list[dict]]:
         elif event.get("name") == "thread_name":
             threads[(event["pid"], event["tid"])] = event["args"]["name"]
     complete = [e for e in events if e.get("ph") == "X" and "dur" in e]
-    devices = [pid for pid, name in processes.items() if name.startswith("/device:")]
+    devices = sorted((name, pid) for pid, name in processes.items() if name.startswith("/device:"))
     if devices:
-        chosen = []
-        labels = []
-        for pid in sorted(devices):
-            names = {tid: name for (p, tid), name in threads.items() if p == pid}
-            xla_ops = {tid for tid, name in names.items() if name == "XLA Ops"}
-            streams = {tid for tid, name in names.items() if name.startswith("Stream")}
-            tids, label = (xla_ops, "XLA Ops") if xla_ops else (streams, "streams")
-            if not tids:
-                tids, label = set(names) | {e["tid"] for e in complete if e["pid"] == pid}, "all"
-            chosen += [e for e in complete if e["pid"] == pid and e["tid"] in tids]
-            labels.append(f"{processes[pid]} {label}")
-        return ", ".join(labels), chosen
+        # One device: summed over several, op time would count each device and busy time
+        # would be "any device busy".
+        name, pid = devices[0]
+        names = {tid: thread for (p, tid), thread in threads.items() if p == pid}
+        xla_ops = {tid for tid, thread in names.items() if thread == "XLA Ops"}
+        streams = {tid for tid, thread in names.items() if thread.startswith("Stream")}
+        tids, label = (xla_ops, "XLA Ops") if xla_ops else (streams, "streams")
+        if not tids:
+            tids, label = set(names) | {e["tid"] for e in complete if e["pid"] == pid}, "all"
+        return f"{name} {label}", [e for e in complete if e["pid"] == pid and e["tid"] in tids]
     client_threads = {
         key
         for key, name in threads.items()
