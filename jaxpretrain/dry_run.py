@@ -64,7 +64,8 @@ _COLLECTIVE_RE = re.compile(
 )
 # Array types: pred, bf16, s32, u8, f32, c64, f8e4m3fn, f8e5m2fnuz, ...
 _ARRAY_RE = re.compile(
-    r"\b(?P<dtype>pred|bf16|[subfc]\d+(?:e\d+m\d+(?:fnuz|fn)?)?)\[(?P<dims>[\d,]*)\]"
+    r"\b(?P<dtype>pred|bf16|[subfc]\d+(?:e\d+m\d+(?:b\d+)?(?:fnuz|fnu|fn)?)?)"
+    r"\[(?P<dims>[\d,]*)\]"
 )
 
 CPU_CAVEAT = (
@@ -253,15 +254,15 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
         for array in _ARRAY_RE.finditer(match["shape"]):
             elements = math.prod(int(d) for d in array["dims"].split(",") if d)
             dtype = array["dtype"]
-            totals[f"{match['kind']} {dtype}"] += elements * _dtype_bytes(dtype)
+            totals[f"{match['kind']} {dtype}"] += -(-elements * _dtype_bits(dtype) // 8)
     return dict(totals.most_common())
 
 
-def _dtype_bytes(dtype: str) -> int:
-    """Bytes per element of an HLO array type: pred 1, bf16 2, f8e4m3fn 1, c64 8."""
+def _dtype_bits(dtype: str) -> int:
+    """Bits per element of an HLO array type: pred 8, bf16 16, f8e4m3fn 8, s4 4, c64 64."""
     if dtype == "pred":
-        return 1
-    return max(int(re.match(r"[a-z]+(\d+)", dtype)[1]) // 8, 1)
+        return 8
+    return int(re.match(r"[a-z]+(\d+)", dtype)[1])
 
 
 def abstract_batch(

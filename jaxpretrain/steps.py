@@ -318,7 +318,7 @@ def make_configured_train_step(
     compiles, built in one place so the two cannot drift apart."""
     attention_impls.log_objective_fallbacks(
         setup.model_config.attention,
-        setup.mesh.devices.flat[0].platform,
+        attention_impls.current_platform(),  # as the model resolves it while tracing
         bidirectional_prefix=objective.bidirectional_prefix,
         pipelined=setup.model_config.pipeline_stages > 1,
     )

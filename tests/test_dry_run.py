@@ -214,6 +214,8 @@ def test_collective_bytes_counts_results_of_async_combined_and_fp8_collectives()
         "all-reduce bf16": 4000 * 2,
         "all-gather f8e4m3fn": 64 * 64,
     }
+    four_bit = "%w = s4[10]{0} all-gather(s4[5]{0} %p), dimensions={0}"
+    assert dry_run.collective_bytes(four_bit) == {"all-gather s4": 5}
 
 
 def test_fsdp_gathers_weights_and_data_parallel_only_reduces_gradients(tmp_path):

@@ -76,25 +76,30 @@ def pack(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return row
 
 
-def packed_row_for(name: str, objective: objectives.Objective) -> dict[str, np.ndarray]:
-    """The first example of each document, packed; the first seed whose row is non-vacuous."""
+def packed_row_of_seed(name: str, objective: objectives.Objective, seed: int) -> dict:
+    """The first example of each document (default settings, this seed), packed."""
     objective_settings = config_lib.default_config().objective
     objective_settings.name = name
     frozen = ml_collections.FrozenConfigDict(objective_settings)
+    examples = [
+        objective.make_examples(
+            document,
+            np.random.default_rng([seed, 0, index]),
+            seq_len=SEQ_LEN,
+            special_ids=SPECIAL,
+            settings=frozen,
+            vocab_size=CFG.vocab_size,
+        )[0]
+        for index, document in enumerate(DOCUMENTS)
+    ]
+    return pack(examples)
+
+
+def packed_row_for(name: str, objective: objectives.Objective) -> dict[str, np.ndarray]:
+    """The first example of each document, packed; the first seed whose row is non-vacuous."""
     wants_bidirectional, wants_causal = OBJECTIVES[name]
     for seed in range(100):
-        examples = [
-            objective.make_examples(
-                document,
-                np.random.default_rng([seed, 0, index]),
-                seq_len=SEQ_LEN,
-                special_ids=SPECIAL,
-                settings=frozen,
-                vocab_size=CFG.vocab_size,
-            )[0]
-            for index, document in enumerate(DOCUMENTS)
-        ]
-        row = pack(examples)
+        row = packed_row_of_seed(name, objective, seed)
         pairs = later_pairs(row)
         if pairs["bidirectional"] == wants_bidirectional and pairs["causal"] == wants_causal:
             return row
@@ -173,7 +178,11 @@ def test_objective_rows_attend_as_their_masks_say(name, forward):
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_bidirectional_prefix_flag_says_what_the_rows_hold(name):
     """`Objective.bidirectional_prefix` (which decides the splash fall-back) is True exactly
-    for objectives whose rows hold bidirectional positions and causal ones in a segment."""
+    for objectives whose rows, over 20 seeds of default settings, ever hold bidirectional
+    positions and causal ones in a segment."""
     objective = objective_or_skip(name)
-    pairs = later_pairs(packed_row_for(name, objective))
-    assert objective.bidirectional_prefix == (pairs["bidirectional"] and pairs["causal"])
+    rows = [packed_row_of_seed(name, objective, seed) for seed in range(20)]
+    has_prefix = [
+        pairs["bidirectional"] and pairs["causal"] for pairs in (later_pairs(row) for row in rows)
+    ]
+    assert any(has_prefix) == objective.bidirectional_prefix, has_prefix

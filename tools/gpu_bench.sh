@@ -76,7 +76,7 @@ else
   attention_flags=(--lengths=64 --attention_tokens=128 --steps=1 --warmup=0)
   variant_config=configs/tiny_clm.py
   variants=(scan_layers=False)
-  collectives_env=(XLA_FLAGS=--xla_force_host_platform_device_count=8)
+  collectives_env=("XLA_FLAGS=${XLA_FLAGS:-} --xla_force_host_platform_device_count=8")
 fi
 
 # The baseline's flags, from the same config (shapes, batch, tying) as ours.
@@ -109,14 +109,21 @@ save_results() {  # what has been measured so far, to $OUT (it comes back even a
 }
 
 within_budget() {  # within_budget STEP: whether an optional step may start
-  if [ "$SECONDS" -ge "$budget" ]; then
+  if [ "$SECONDS" -ge "$budget" ] || [ "$(seconds_left)" -lt 60 ]; then
     echo "== $1: skipped, $SECONDS s used of the --budget=$budget" >&2
     return 1
   fi
 }
 
+# An optional step is killed at --budget + 90 s, so the tables still print inside a device call
+# of budget + 120 s (540 s for the default).
+seconds_left() {
+  echo $((budget + 90 - SECONDS))
+}
+
 add_row() {  # add_row JSON_PREFIX RESULT: a row when RESULT is one JSON object, else a warning
-  if [ -n "$2" ] && "$PYTHON" -c 'import json, sys; json.loads(sys.argv[1])' "$2" 2>/dev/null; then
+  if [ -n "$2" ] &&
+    "$PYTHON" -c 'import json, sys; assert isinstance(json.loads(sys.argv[1]), dict)' "$2" 2>/dev/null; then
     echo "{$1, \"result\": $2}" >>"$results"
     save_results
   else
@@ -137,13 +144,13 @@ for config in "${configs[@]}"; do
   attention=auto
   # A kernel the card refuses at compile or run time must not cost the session its only GPU
   # call: measure the XLA attention path instead and say so in the row.
-  if ! ours=$("$PYTHON" tools/benchmark.py train --config="$config" "${overrides[@]}" \
+  if ! ours=$(timeout -k 10 420 "$PYTHON" tools/benchmark.py train --config="$config" "${overrides[@]}" \
     --steps="$steps" --warmup="$warmup" --json | tail -n 1) || [ -z "$ours" ]; then
     # XLA attention keeps [heads, length, length] scores per layer (~46 GiB saved at 124M,
     # 32 x 1024, in the CPU-compiled dry run): recompute them rather than run out of memory.
     attention="xla + remat dots_no_batch (auto failed, see the log above)"
     echo "== $name: model.attention=auto failed; rerunning with model.attention=xla" >&2
-    ours=$("$PYTHON" tools/benchmark.py train --config="$config" "${overrides[@]}" \
+    ours=$(timeout -k 10 420 "$PYTHON" tools/benchmark.py train --config="$config" "${overrides[@]}" \
       --config.model.attention=xla --config.model.remat_policy=dots_no_batch \
       --steps="$steps" --warmup="$warmup" --json | tail -n 1) || ours=""
   fi
@@ -152,7 +159,7 @@ for config in "${configs[@]}"; do
   theirs=""
   if flags=$(torch_flags "$config"); then
     # shellcheck disable=SC2086  # the flags are words on purpose
-    theirs=$("$PYTHON" tools/torch_baseline.py $flags "${torch_device[@]}" \
+    theirs=$(timeout -k 10 420 "$PYTHON" tools/torch_baseline.py $flags "${torch_device[@]}" \
       --steps="$steps" --warmup="$warmup" --json | tail -n 1) || theirs=""
   fi
   add_row "\"model\": \"$name\", \"side\": \"torch\"" "$theirs"
@@ -166,7 +173,8 @@ done
 # Attention alone (forward + backward), each implementation this machine has, with and without
 # segment ids: after the models, so a slow kernel cannot cost the comparison.
 echo "== attention implementations" >&2
-if "$PYTHON" tools/benchmark.py attention "${attention_flags[@]}" >"$results.attention"; then
+if timeout -k 10 300 "$PYTHON" tools/benchmark.py attention "${attention_flags[@]}" \
+  >"$results.attention"; then
   cat "$results.attention" >&2
   if [ -n "${OUT:-}" ]; then cp "$results.attention" "$OUT/attention.md"; fi
 else
@@ -183,15 +191,15 @@ fi
 # Where the 124M step's time goes (tiny on CPU): a jax.profiler trace of 3 steps, summarized.
 if within_budget profile; then
   echo "== profile of $(basename "$variant_config" .py)" >&2
-  if timeout -k 10 300 "$PYTHON" tools/benchmark.py train --config="$variant_config" \
-    "${overrides[@]}" "${variant_overrides[@]}" --steps=2 --warmup=1 --json \
+  if timeout -k 10 "$(seconds_left)" "$PYTHON" tools/benchmark.py train \
+    --config="$variant_config" "${overrides[@]}" "${variant_overrides[@]}" --steps=2 --warmup=1 --json \
     --profile_dir="$scratch/profile" --profile_steps=3 >/dev/null &&
     "$PYTHON" tools/profile_summary.py "$scratch/profile" --steps=3 --top=25 >"$results.profile"; then
     cat "$results.profile" >&2
     if [ -n "${OUT:-}" ]; then
       cp "$results.profile" "$OUT/profile.md"
       # The trace itself, for a closer look here, when it fits what comes back (16 MiB a file).
-      trace=$(find "$scratch/profile" -name perfetto_trace.json.gz | head -n 1)
+      trace=$(find "$scratch/profile" -name perfetto_trace.json.gz -print -quit)
       if [ -n "$trace" ] && [ "$(stat -c %s "$trace")" -lt 15000000 ]; then
         cp "$trace" "$OUT/perfetto_trace.json.gz"
       fi
@@ -206,11 +214,12 @@ fi
 # support costs a warning, not the session's call.
 if within_budget "fsdp=8 collectives"; then
   echo "== fsdp=8 collectives (dry run, tiny model, bfloat16)" >&2
-  if timeout -k 10 180 env "${collectives_env[@]}" "$PYTHON" -m jaxpretrain.main --mode=dry_run \
+  limit=$(seconds_left)
+  if timeout -k 10 $((limit < 180 ? limit : 180)) env "${collectives_env[@]}" "$PYTHON" -m jaxpretrain.main --mode=dry_run \
     --config=configs/tiny_clm.py --workdir="$scratch/dry_run" --config.mesh.data=1 \
     --config.mesh.fsdp=8 --config.model.dtype=bfloat16 --config.train.batch_size=16 \
     --config.train.seq_len=256 >"$results.collectives" 2>&1; then
-    grep -E "^(mesh|collective)" "$results.collectives" >&2
+    grep -E "^(mesh|collective)" "$results.collectives" >&2 || true
     if [ -n "${OUT:-}" ]; then cp "$results.collectives" "$OUT/collectives.txt"; fi
   else
     echo "warning: the fsdp=8 dry run failed; its log:" >&2
@@ -233,7 +242,7 @@ for variant in "${variants[@]}"; do
       ;;
     *) flags=(--config.model."$variant") ;;
   esac
-  row=$(timeout -k 10 300 env "${variant_env[@]}" "$PYTHON" tools/benchmark.py train \
+  row=$(timeout -k 10 "$(seconds_left)" env "${variant_env[@]}" "$PYTHON" tools/benchmark.py train \
     --config="$variant_config" "${overrides[@]}" "${variant_overrides[@]}" "${flags[@]}" \
     --steps="$steps" --warmup="$warmup" --json | tail -n 1) || row=""
   add_row "\"model\": \"$(basename "$variant_config" .py)\", \"side\": \"variant\", \"variant\": \"$variant\"" "$row"

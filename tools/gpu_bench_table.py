@@ -75,8 +75,7 @@ def tables(matmul: dict, rows: list[dict]) -> str:
         default = by_model.get(model, {}).get("jaxpretrain")
         lines += [
             "",
-            f"{model} variants (one flag each; 'repeat' is the default run again, its compile "
-            "read back from the persistent cache):",
+            f"{model} variants (one flag each; 'repeat' is the default run again):",
             "| variant | tok/s | MFU | vs default | step (median, min-max) | mem | compile |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]

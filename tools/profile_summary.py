@@ -57,9 +57,10 @@ _CPU_BOOKKEEPING = re.compile(r"::|^end: ")
 _CONTAINER = re.compile(r"^(while|conditional|call)(\.\d+)?$")
 
 
-# The parts of an op's HLO text (`long_name`) that say what it is; its operands' names (a
-# fusion fed by %dot.3) must not.
-_HLO_KIND = re.compile(r'custom_call_target="[^"]*"|kind=k\w+')
+# The parts of an op's HLO text (`long_name`) that say what it is (custom-call target, fusion
+# kind, a backend_config kind such as "__triton_gemm"); its operands' names (a fusion fed by
+# %dot.3) must not.
+_HLO_KIND = re.compile(r'custom_call_target="[^"]*"|kind=k\w+|"kind":"__[^"]+"')
 
 
 def category(name: str, hlo_text: str = "") -> str:
