@@ -181,6 +181,16 @@ def test_bad_unit_files_name_the_file_and_what_to_do(tmp_path):
         dedup_units([("web", unit)], tmp_path / "dedup2", cfg, workers=1, progress=False)
 
 
+def _dedup_with_traced_peak(unit, output, cfg):
+    """(dedup_units' summary for one 'web' unit, the traced peak of Python allocations)."""
+    tracemalloc.start()
+    try:
+        summary = dedup_units([("web", unit)], output, cfg, workers=1, progress=False)
+        return summary, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_dedup_units_holds_a_few_bytes_per_removed_document(tmp_path):
     """Removals are streamed to removed.jsonl and ids stay on disk: the traced peak of the whole
     pass is a few int64s per document, not a record or dict entry per removed document."""
@@ -201,12 +211,7 @@ def test_dedup_units_holds_a_few_bytes_per_removed_document(tmp_path):
         np.zeros((num_documents, 0), np.uint32),
     )
     del ids, hashes
-    tracemalloc.start()
-    try:
-        summary = dedup_units([("web", unit)], tmp_path / "dedup", cfg, workers=1, progress=False)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    summary, peak = _dedup_with_traced_peak(unit, tmp_path / "dedup", cfg)
     removed = summary["exact"]["removed"]
     assert removed == num_documents - distinct
     print(f"dedup_units peak bytes per removed document: {peak / removed:.1f}")
@@ -250,12 +255,7 @@ def test_dedup_units_memory_does_not_grow_with_the_size_of_one_unit(tmp_path):
     cfg.dedup.max_records_in_memory = 1 << 16
     num_documents = 200_000
     unit = _random_key_unit(tmp_path / "u0", num_documents)
-    tracemalloc.start()
-    try:
-        summary = dedup_units([("web", unit)], tmp_path / "dedup", cfg, workers=1, progress=False)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    summary, peak = _dedup_with_traced_peak(unit, tmp_path / "dedup", cfg)
     assert summary["exact"]["removed"] == num_documents // 10
     assert summary["minhash"]["removed"] > 0
     print(f"dedup_units peak bytes per document (one unit): {peak / num_documents:.1f}")

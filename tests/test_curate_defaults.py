@@ -4,28 +4,15 @@ n-gram definition, and one chain per kind of source in the seed mixture."""
 import importlib.util
 import pathlib
 
-import numpy as np
 import pytest
+from test_curate_filters import _distinct_words as _words  # pytest puts tests/ on sys.path
 
 from jaxpretrain.curate import config as config_lib
 from jaxpretrain.curate import filters
 from jaxpretrain.curate.document import Document
 from jaxpretrain.curate.stages import Curator
 
-_LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyz"))
 _REPO = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _words(count, length=5, seed=0):
-    """`count` distinct lowercase words (never Gopher stop words)."""
-    rng = np.random.default_rng(seed)
-    words, seen = [], {"the", "be", "to", "of", "and", "that", "have", "with"}
-    while len(words) < count:
-        word = "".join(rng.choice(_LETTERS, length))
-        if word not in seen:
-            seen.add(word)
-            words.append(word)
-    return words
 
 
 def _doc(text, source="test"):

@@ -34,7 +34,13 @@ for arg in "$@"; do
     --cpu-smoke) mode=cpu ;;
     --with-1b) with_1b=1 ;;
     --steps=*) steps="${arg#--steps=}" ;;
-    --budget=*) budget="${arg#--budget=}" ;;
+    --budget=*)
+      budget="${arg#--budget=}"
+      if ! [[ "$budget" =~ ^[0-9]+$ ]]; then
+        echo "tools/gpu_bench.sh: --budget=$budget is not a whole number of seconds" >&2
+        exit 2
+      fi
+      ;;
     *)
       echo "usage: tools/gpu_bench.sh [--cpu-smoke] [--with-1b] [--steps=N] [--budget=SECONDS]" >&2
       exit 2
