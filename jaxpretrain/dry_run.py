@@ -38,6 +38,7 @@ from jaxpretrain import flops, hardware, objectives, paths, steps
 from jaxpretrain import mesh as mesh_lib
 from jaxpretrain import state as state_lib
 from jaxpretrain.data import pipeline
+from jaxpretrain.model import attention_impls
 
 GIB = 2**30
 
@@ -67,6 +68,7 @@ _ARRAY_RE = re.compile(
     r"\b(?P<dtype>pred|bf16|[subfc]\d+(?:e\d+m\d+(?:b\d+)?(?:fnuz|fnu|fn)?)?)"
     r"\[(?P<dims>[\d,]*)\]"
 )
+_CUSTOM_CALL_RE = re.compile(r'custom_call_target="([^"]+)"')
 
 CPU_CAVEAT = (
     "memory compiled for CPU devices approximates an accelerator's: the TPU/GPU compilers fuse "
@@ -110,6 +112,11 @@ class DryRunReport:
     topology: str = ""
     # Result bytes of the collectives per device, by "kind dtype" (`collective_bytes`).
     collectives: dict[str, int] = dataclasses.field(default_factory=dict)
+    # `model.attention` resolved for `platform` (attention_impls.resolve), and the compiled
+    # program's custom calls by target (`custom_calls`): a kernel that runs shows up there,
+    # e.g. splash attention as "tpu_custom_call".
+    attention: str = ""
+    custom_calls: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "device_memory_bytes": DEVICE_MEMORY_BYTES}
@@ -123,6 +130,8 @@ class DryRunReport:
             f"{self.compile_seconds:.0f} s",
             f"parameters       {self.parameters / 1e6:14,.1f} M",
             f"FLOPs per step   {self.flops_per_step:14.3e}  (6N + attention, all devices)",
+            f"attention        {self.attention}"
+            + "".join(f", {target} x{count}" for target, count in self.custom_calls.items()),
             "per device                compiled      hand count",
         ]
         rows = [
@@ -211,6 +220,7 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
     model_cfg = setup.model_config
     tokens = config.train.batch_size * config.train.seq_len
     platform = setup.mesh.devices.flat[0].platform
+    compiled_text = compiled.as_text()
     report = DryRunReport(
         mesh=dict(setup.mesh.shape),
         platform=platform,
@@ -226,7 +236,9 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
         compile_seconds=compile_seconds,
         caveat=CPU_CAVEAT if platform == "cpu" else "",
         topology=topology_text,
-        collectives=collective_bytes(compiled.as_text()),
+        collectives=collective_bytes(compiled_text),
+        attention=_attention(model_cfg, setup.mesh),
+        custom_calls=custom_calls(compiled_text),
     )
     output = paths.resolve(workdir)
     output.mkdir(parents=True, exist_ok=True)
@@ -256,6 +268,12 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
             dtype = array["dtype"]
             totals[f"{match['kind']} {dtype}"] += -(-elements * _dtype_bits(dtype) // 8)
     return dict(totals.most_common())
+
+
+def custom_calls(hlo_text: str) -> dict[str, int]:
+    """How many custom calls of each target a compiled program has, most first (a kernel
+    called inside the layer loop counts once: the loop body is one text)."""
+    return dict(collections.Counter(_CUSTOM_CALL_RE.findall(hlo_text)).most_common())
 
 
 def _dtype_bits(dtype: str) -> int:
@@ -393,6 +411,15 @@ def shard_bytes(tree: Any) -> int:
     )
 
 
+def _attention(model_cfg: Any, mesh: jax.sharding.Mesh) -> str:
+    """The attention implementation the model resolves for `mesh`'s platform."""
+    return attention_impls.resolve(
+        model_cfg.attention,
+        mesh.devices.flat[0].platform,
+        pipelined=model_cfg.pipeline_stages > 1,
+    )
+
+
 def _compiled_flops(compiled: Any) -> float | None:
     try:
         costs = compiled.cost_analysis()
@@ -419,9 +446,12 @@ def hand_count(
       (full: the layer input; dots_no_batch: + the projections q, k, v, attention output, gate,
       up; dots: + the attention scores; none: + the float32 attention probabilities, norms and
       MLP hidden), times the layers held;
-    - `attention_scores`: the layer being differentiated holds float32 [b, heads, seq, seq]
-      scores, probabilities and both their gradients (4 copies: XLA's attention is not fused)
-      and the [b, seq, seq] mask;
+    - `attention_scores`: under the XLA path the layer being differentiated holds float32
+      [b, heads, seq, seq] scores, probabilities and both their gradients (4 copies: XLA's
+      attention is not fused) and the [b, seq, seq] mask; the fused kernels keep float32
+      softmax statistics per query and head instead (splash: the log-sum-exp and the backward
+      pass's row sums; cuDNN: its statistics plus the dense [b, seq, seq] mask as a bias in the
+      compute dtype), the kernel resolved for the mesh's platform (`attention_impls.resolve`);
     - `logits`: float32 [b, seq, vocab] logits, their softmax and their gradient (3 copies).
     The logits are freed before the layers' backward pass starts, so `total` counts the larger
     of `attention_scores` and `logits`, not both. Pipeline buffers are not counted.
@@ -444,7 +474,11 @@ def hand_count(
     per_token["dots_no_batch"] = per_token["full"] + ((q + 2 * kv) * hd + d + 2 * f) * c
     per_token["dots"] = per_token["dots_no_batch"] + q * seq * 4 + q * hd * c
     per_token["none"] = per_token["dots"] + q * seq * 4 + (2 * d) * 4 + f * c
-    scores = b * (4 * q * seq * seq * 4 + seq * seq)
+    scores = {
+        "xla": b * (4 * q * seq * seq * 4 + seq * seq),
+        "splash": b * 2 * q * seq * 4,
+        "cudnn": b * (q * seq * 4 + seq * seq * c),
+    }[_attention(model_cfg, setup.mesh)]
     grads = params * (2 if config.train.grad_accum_steps > 1 else 1)
     parts = {
         "params": params,

@@ -26,7 +26,6 @@ from jaxpretrain import mesh as mesh_lib
 from jaxpretrain import objectives
 from jaxpretrain.data import device as data_device
 from jaxpretrain.data import pipeline
-from jaxpretrain.model import attention_impls
 from jaxpretrain.state import Setup, StateLayout, TrainState
 
 
@@ -316,12 +315,6 @@ def make_configured_train_step(
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The train step `config.train` asks for on `setup`: what training runs and the dry run
     compiles, built in one place so the two cannot drift apart."""
-    attention_impls.log_objective_fallbacks(
-        setup.model_config.attention,
-        attention_impls.current_platform(),  # as the model resolves it while tracing
-        bidirectional_prefix=objective.bidirectional_prefix,
-        pipelined=setup.model_config.pipeline_stages > 1,
-    )
     return make_train_step(
         setup.layout,
         objective,

@@ -354,6 +354,13 @@ def test_broken_examples_fn_is_a_clear_error(manifest):
     with pytest.raises(ValueError, match="exactly the keys"):
         next(_train_iterator(manifest, examples_fn=lambda ids, rng: [{"inputs": ids}]))
 
+    def bidirectional_suffix(token_ids, rng):  # attention kernels need a bidirectional prefix
+        example = {feature: np.ones(4) for feature in pipeline.EXAMPLE_FEATURES}
+        return [{**example, "bidirectional": np.array([0, 0, 1, 1])}]
+
+    with pytest.raises(ValueError, match=r"bidirectional=\[0, 0, 1, 1\] for document \d+; .*first"):
+        next(_train_iterator(manifest, examples_fn=bidirectional_suffix, prefetch_batches=0))
+
 
 def test_objective_that_never_makes_examples_raises_instead_of_hanging(manifest):
     with pytest.raises(ValueError, match="no example"):

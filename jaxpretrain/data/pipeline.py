@@ -19,7 +19,8 @@ Every batch is a dict of numpy arrays of shape [batch_size_per_process, seq_len]
     loss_weights       float32  0 on padding
     segment_ids        int32    1-based example index inside the row, 0 on padding
     positions          int32    position inside the example, restarting at 0 per example
-    bidirectional      int32    copied from the examples, 0 on padding
+    bidirectional      int32    copied from the examples, 0 on padding; the 1s of an example
+                                are its first positions (a prefix), as attention kernels need
 
 `segment_ids` and `positions` come from example lengths, never from token values, so a real
 token with id 0 is never mistaken for padding.
@@ -437,6 +438,13 @@ def _checked_example(
         raise ValueError(
             f"examples_fn returned features of shapes {lengths} for document {document_index}; "
             f"each must be 1-D with one common length between 1 and seq_len={seq_len}."
+        )
+    bidirectional = checked["bidirectional"]
+    if np.any((bidirectional != 0) & (bidirectional != 1)) or np.any(np.diff(bidirectional) > 0):
+        raise ValueError(
+            f"examples_fn returned bidirectional={bidirectional.tolist()} for document "
+            f"{document_index}; it must be 1 on the example's first positions (a bidirectional "
+            "prefix) and 0 after them: put the bidirectional tokens first."
         )
     return checked
 

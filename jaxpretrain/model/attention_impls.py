@@ -14,7 +14,8 @@ branch executed) between the variants it can express:
             a bidirectional prefix       -> the dense mask, not causal
     splash  causal, segment ids          -> CausalMask with SegmentIds
             bidirectional everywhere     -> FullMask with SegmentIds (MLM)
-            a bidirectional prefix       -> the XLA path (static masks cannot follow it)
+            a bidirectional prefix       -> both: FullMask over the prefixes for prefix queries,
+                                            CausalMask for the others (see `splash_attention`)
 
 jax.nn.dot_product_attention takes no segment ids, so cuDNN gets them as a dense [B, 1, L, S]
 mask (jax turns it into an additive bias); its private packed layout (q_offsets) is not used.
@@ -49,7 +50,9 @@ class AttentionMask(NamedTuple):
     """The packed-row features that decide which keys each query attends to (a pytree).
 
     segment_ids_BL: [batch, length] int, 1-based document id inside the row, 0 = padding.
-    bidirectional_BL: [batch, length] int, 1 where a token may attend to later tokens.
+    bidirectional_BL: [batch, length] int, 1 where a token may attend to later tokens. The
+      bidirectional tokens of a segment are its first ones (a prefix; the input pipeline
+      checks every example), which is what lets splash express the mask with static kernels.
     """
 
     segment_ids_BL: jax.Array
@@ -93,8 +96,10 @@ def current_platform() -> str:
 
     The mesh decides in ahead-of-time compiles for a TPU topology on a machine without one.
     """
-    platform = getattr(jax.sharding.get_abstract_mesh(), "platform", None)
-    return platform or jax.default_backend()
+    # AbstractMesh.abstract_device is None for an empty mesh (nothing set) and where jax does
+    # not know the devices; getattr keeps jax versions without the attribute on the backend.
+    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+    return getattr(device, "platform", None) or jax.default_backend()
 
 
 def resolve(requested: str, platform: str, *, pipelined: bool = False) -> str:
@@ -145,7 +150,7 @@ def cudnn_variant(mask: AttentionMask) -> jax.Array:
 
 def splash_variant(mask: AttentionMask) -> jax.Array:
     """Which splash call a batch needs: 0 causal, 1 bidirectional on every real token (MLM),
-    2 a bidirectional prefix (the XLA path).
+    2 a bidirectional prefix (both kernels).
 
     Under variant 1 padding attends all padding rather than the padding before it: padding rows
     differ from `dense_mask`'s, but no real token sees padding, so losses and gradients do not.
@@ -207,7 +212,9 @@ def _splash_kernel_call(
     causal: bool,
     interpret: bool,
 ) -> jax.Array:
-    """Splash attention on one device's shard: a kernel per example, vmapped over the batch."""
+    """Splash attention on one device's shard: a kernel per example, vmapped over the batch.
+
+    A query attends the keys of its own segment id: earlier ones (`causal`) or all of them."""
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel as kernel_lib,
     )
@@ -283,41 +290,43 @@ def splash_attention(
         fall_back(problem)
         return xla_attention(query_BLNH, key_BSKH, value_BSKH, mask)
 
-    def splash(causal):
+    def splash(causal):  # (q, k, v, segment_ids) -> attention within those segment ids
         call = functools.partial(_splash_kernel_call, causal=causal, interpret=interpret)
         if mesh_axis_of("batch") is None and mesh_axis_of("heads") is None:
-            return lambda q, k, v, mask: call(q, k, v, mask.segment_ids_BL)
+            return call
         batch, heads = mesh_axis_of("batch"), mesh_axis_of("heads")
         spec_BLNH = jax.P(batch, None, heads, None)
-        sharded = jax.shard_map(
+        return jax.shard_map(
             call,
             in_specs=(spec_BLNH, spec_BLNH, spec_BLNH, jax.P(batch, None)),
             out_specs=spec_BLNH,
             check_vma=False,
         )
-        return lambda q, k, v, mask: sharded(q, k, v, mask.segment_ids_BL)
 
-    # The prefix branch's fall-back is logged by `log_objective_fallbacks`, once, where the
-    # objective is known: every splash call traces all three branches, and a causal-LM run
-    # never executes the third.
-    branches = (splash(causal=True), splash(causal=False), xla_attention)
-    return jax.lax.switch(splash_variant(mask), branches, query_BLNH, key_BSKH, value_BSKH, mask)
+    causal, full = splash(causal=True), splash(causal=False)
 
+    def causal_rows(q, k, v, mask):
+        return causal(q, k, v, mask.segment_ids_BL)
 
-def log_objective_fallbacks(
-    implementation: str, platform: str, *, bidirectional_prefix: bool, pipelined: bool = False
-) -> None:
-    """Logs the fall-backs an objective's batches will take, where the step is built.
+    def bidirectional_rows(q, k, v, mask):
+        return full(q, k, v, mask.segment_ids_BL)
 
-    An objective whose rows hold a bidirectional prefix (`Objective.bidirectional_prefix`) has
-    those batches run the XLA path under splash, whose masks are static.
-    """
-    resolved = resolve(implementation, platform, pipelined=pipelined)
-    if bidirectional_prefix and resolved == "splash":
-        fall_back(
-            "splash attention masks are static and cannot express a per-row bidirectional "
-            "prefix: this objective's batches with one run the XLA path"
+    def prefix_rows(q, k, v, mask):
+        # A prefix query may see exactly its segment's prefix (the keys up to it are prefix
+        # tokens too): a full mask within ids that give a segment's prefix and its causal rest
+        # different values. The other queries see their segment causally. Every query sees at
+        # least itself in both calls, so neither produces an empty softmax row.
+        is_prefix_BL = mask.bidirectional_BL != 0
+        prefix_ids_BL = 2 * mask.segment_ids_BL + jnp.where(is_prefix_BL, 0, 1)
+        encoded_BLNH = jnp.where(
+            is_prefix_BL[:, :, None, None],
+            full(q, k, v, prefix_ids_BL),
+            causal(q, k, v, mask.segment_ids_BL),
         )
+        return encoded_BLNH
+
+    branches = (causal_rows, bidirectional_rows, prefix_rows)
+    return jax.lax.switch(splash_variant(mask), branches, query_BLNH, key_BSKH, value_BSKH, mask)
 
 
 def dot_product_attention(

@@ -112,7 +112,6 @@ def check_settings(settings: ml_collections.ConfigDict, seq_len: int) -> None:
 PREFIX_LM = registry.register(
     registry.Objective(
         name="prefix_lm",
-        bidirectional_prefix=True,
         make_examples=make_examples,
         loss=losses.weighted_cross_entropy,
         check_settings=check_settings,

@@ -12,7 +12,8 @@ import numpy as np
 # One document's token ids (no specials) -> zero or more examples:
 #   make_examples(doc_ids, rng, *, seq_len, special_ids, settings, vocab_size) -> list[example]
 # Each example is a dict with `inputs`, `targets` (int32), `loss_weights` (float32) and
-# `bidirectional` (int32) of one length <= seq_len; the packer adds `segment_ids` and
+# `bidirectional` (int32, 1 on the example's first tokens if any: a bidirectional prefix, the
+# rest causal) of one length <= seq_len; the packer adds `segment_ids` and
 # `positions`. `rng` is seeded by (train.seed, epoch, document), so random choices (masks, spans,
 # split points) are redrawn every epoch yet identical on a resumed run. `settings` is the
 # `config.objective` section (frozen); `vocab_size` the tokenizer's (MLM's random replacements).
@@ -46,10 +47,6 @@ class Objective:
     # prefix LM), so validation bits per byte measure the text; False for masked or
     # sentinel-marked targets, where eval reports loss and perplexity only.
     predicts_text: bool = True
-    # True when its rows hold a bidirectional prefix followed by causal tokens in one segment
-    # (prefix LM, span corruption, UL2): attention kernels with static masks (splash) cannot
-    # follow a per-row prefix and run the XLA path for such batches.
-    bidirectional_prefix: bool = False
 
 
 _OBJECTIVES: dict[str, Objective] = {}

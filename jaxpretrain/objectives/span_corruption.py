@@ -418,7 +418,6 @@ def check_settings(settings: ml_collections.ConfigDict, seq_len: int) -> None:
 SPAN_CORRUPTION = registry.register(
     registry.Objective(
         name="span_corruption",
-        bidirectional_prefix=True,
         make_examples=make_examples,
         loss=losses.weighted_cross_entropy,
         check_settings=check_settings,

@@ -220,7 +220,6 @@ def check_settings(settings: ml_collections.ConfigDict, seq_len: int) -> None:
 UL2 = registry.register(
     registry.Objective(
         name="ul2",
-        bidirectional_prefix=True,
         make_examples=make_examples,
         loss=losses.weighted_cross_entropy,
         check_settings=check_settings,
