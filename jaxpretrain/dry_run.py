@@ -112,9 +112,9 @@ class DryRunReport:
     topology: str = ""
     # Result bytes of the collectives per device, by "kind dtype" (`collective_bytes`).
     collectives: dict[str, int] = dataclasses.field(default_factory=dict)
-    # `model.attention` resolved for `platform` (attention_impls.resolve), and the compiled
-    # program's custom calls by target (`custom_calls`): a kernel that runs shows up there,
-    # e.g. splash attention as "tpu_custom_call".
+    # The attention the step runs (`attention_run`: `model.attention` resolved for `platform`,
+    # then the kernel's checks), and the compiled program's custom calls by target
+    # (`custom_calls`): a kernel shows up there, e.g. splash attention as "tpu_custom_call".
     attention: str = ""
     custom_calls: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -237,7 +237,7 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
         caveat=CPU_CAVEAT if platform == "cpu" else "",
         topology=topology_text,
         collectives=collective_bytes(compiled_text),
-        attention=_attention(model_cfg, setup.mesh),
+        attention=attention_run(config, setup),
         custom_calls=custom_calls(compiled_text),
     )
     output = paths.resolve(workdir)
@@ -411,13 +411,21 @@ def shard_bytes(tree: Any) -> int:
     )
 
 
-def _attention(model_cfg: Any, mesh: jax.sharding.Mesh) -> str:
-    """The attention implementation the model resolves for `mesh`'s platform."""
-    return attention_impls.resolve(
+def attention_run(config: ml_collections.ConfigDict, setup: state_lib.Setup) -> str:
+    """The attention the compiled step runs: `model.attention` resolved for the mesh's
+    platform, then the kernel's own checks (length, dtype, sharding) as it makes them while
+    tracing."""
+    model_cfg = setup.model_config
+    resolved = attention_impls.resolve(
         model_cfg.attention,
-        mesh.devices.flat[0].platform,
+        setup.mesh.devices.flat[0].platform,
         pipelined=model_cfg.pipeline_stages > 1,
     )
+    with mesh_lib.axis_rules(setup.mesh, setup.layout.rules):
+        problem = attention_impls.kernel_problem(
+            resolved, config.train.seq_len, model_cfg.compute_dtype
+        )
+    return "xla" if problem else resolved
 
 
 def _compiled_flops(compiled: Any) -> float | None:
@@ -445,13 +453,15 @@ def hand_count(
     - `saved_activations`: what the backward pass keeps per layer under the remat policy
       (full: the layer input; dots_no_batch: + the projections q, k, v, attention output, gate,
       up; dots: + the attention scores; none: + the float32 attention probabilities, norms and
-      MLP hidden), times the layers held;
+      MLP hidden; a fused kernel keeps its log-sum-exp instead of scores and probabilities),
+      times the layers held;
     - `attention_scores`: under the XLA path the layer being differentiated holds float32
       [b, heads, seq, seq] scores, probabilities and both their gradients (4 copies: XLA's
       attention is not fused) and the [b, seq, seq] mask; the fused kernels keep float32
       softmax statistics per query and head instead (splash: the log-sum-exp and the backward
-      pass's row sums; cuDNN: its statistics plus the dense [b, seq, seq] mask as a bias in the
-      compute dtype), the kernel resolved for the mesh's platform (`attention_impls.resolve`);
+      pass's row sums, for each of the two calls prefix rows take; cuDNN: its statistics plus
+      the dense [b, seq, seq] mask as a bias in the compute dtype), for the attention the step
+      runs (`attention_run`);
     - `logits`: float32 [b, seq, vocab] logits, their softmax and their gradient (3 copies).
     The logits are freed before the layers' backward pass starts, so `total` counts the larger
     of `attention_scores` and `logits`, not both. Pipeline buffers are not counted.
@@ -470,15 +480,19 @@ def hand_count(
     hd, vocab = model_cfg.head_dim, model_cfg.vocab_size // t
     layers = model_cfg.num_layers // mesh["pipe"]
 
+    attention = attention_run(config, setup)
+    # Per token: XLA's float32 row of scores (and one of probabilities), a kernel's log-sum-exp.
+    score_row = q * seq * 4 if attention == "xla" else q * 4
     per_token = {"full": d * c}  # saved per layer per token, bytes
     per_token["dots_no_batch"] = per_token["full"] + ((q + 2 * kv) * hd + d + 2 * f) * c
-    per_token["dots"] = per_token["dots_no_batch"] + q * seq * 4 + q * hd * c
-    per_token["none"] = per_token["dots"] + q * seq * 4 + (2 * d) * 4 + f * c
+    per_token["dots"] = per_token["dots_no_batch"] + score_row + q * hd * c
+    per_token["none"] = per_token["dots"] + score_row + (2 * d) * 4 + f * c
     scores = {
         "xla": b * (4 * q * seq * seq * 4 + seq * seq),
-        "splash": b * 2 * q * seq * 4,
+        # Two calls for rows with a bidirectional prefix, each with its statistics.
+        "splash": b * 2 * 2 * q * seq * 4,
         "cudnn": b * (q * seq * 4 + seq * seq * c),
-    }[_attention(model_cfg, setup.mesh)]
+    }[attention]
     grads = params * (2 if config.train.grad_accum_steps > 1 else 1)
     parts = {
         "params": params,

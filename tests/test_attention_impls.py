@@ -46,25 +46,27 @@ def packed_mask(kind: str) -> impls.AttentionMask:
     return impls.AttentionMask(jnp.asarray(segment_ids), jnp.asarray(bidirectional))
 
 
-def qkv(seed: int = 0):
+def qkv(seed: int = 0, length: int = LENGTH):
     keys = jax.random.split(jax.random.key(seed), 3)
-    query = jax.random.normal(keys[0], (BATCH, LENGTH, HEADS, HEAD_DIM))
-    key = jax.random.normal(keys[1], (BATCH, LENGTH, KV_HEADS, HEAD_DIM))
-    value = jax.random.normal(keys[2], (BATCH, LENGTH, KV_HEADS, HEAD_DIM))
+    query = jax.random.normal(keys[0], (BATCH, length, HEADS, HEAD_DIM))
+    key = jax.random.normal(keys[1], (BATCH, length, KV_HEADS, HEAD_DIM))
+    value = jax.random.normal(keys[2], (BATCH, length, KV_HEADS, HEAD_DIM))
     return query, key, value
 
 
 def output_and_grads(attention, mask):
     """Forward output and d(loss)/d(q, k, v), the loss read on real tokens only (as training
     reads it: padding rows carry no loss)."""
+    length = mask.segment_ids_BL.shape[1]
     real_BL1 = (mask.segment_ids_BL != 0)[:, :, None].astype(jnp.float32)
-    weights = jax.random.normal(jax.random.key(9), (BATCH, LENGTH, HEADS, HEAD_DIM))
+    weights = jax.random.normal(jax.random.key(9), (BATCH, length, HEADS, HEAD_DIM))
 
     def loss(q, k, v):
         out = attention(q, k, v, mask)
         return jnp.sum(out * weights * real_BL1[..., None]), out
 
-    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(*qkv())
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+    (_, out), grads = step(*qkv(length=length))
     return out * real_BL1[..., None], grads
 
 
@@ -92,6 +94,37 @@ def test_splash_kernel_equals_the_xla_path(kind, variant):
     mask = packed_mask(kind)
     assert int(impls.splash_variant(mask)) == variant
     assert_same_as_xla(lambda *args: impls.splash_attention(*args, interpret=True), mask)
+
+
+def test_splash_prefix_rows_over_several_kernel_blocks_equal_the_xla_path():
+    """Three 128-token blocks, so the kernels' running softmax crosses blocks, some of them
+    wholly masked for a prefix query; segments: a long prefix, a one-token prefix (a seqio
+    row's bos), an all-bidirectional one, a causal one, a prefix crossing a block edge."""
+    length = 384
+    segment_ids = np.zeros((BATCH, length), np.int32)
+    bidirectional = np.zeros((BATCH, length), np.int32)
+    for segment, (start, end, prefix) in enumerate(
+        [(0, 150, 100), (150, 200, 1), (200, 230, 30), (230, 260, 0), (260, 370, 20)], start=1
+    ):
+        segment_ids[:, start:end] = segment
+        bidirectional[:, start : start + prefix] = 1
+    segment_ids[1, 100:150] = 6  # rows differ: row 1 splits the first segment's causal part
+    mask = impls.AttentionMask(jnp.asarray(segment_ids), jnp.asarray(bidirectional))
+    assert int(impls.splash_variant(mask)) == 2
+    assert_same_as_xla(lambda *args: impls.splash_attention(*args, interpret=True), mask)
+
+
+def test_a_one_token_prefix_takes_the_causal_calls():
+    """A bos marked bidirectional alone (seqio rows without inputs) attends only itself: the
+    batch is causal, and neither kernel runs its prefix call."""
+    mask = packed_mask("packed")
+    first_of_segment = np.diff(np.asarray(mask.segment_ids_BL), axis=1, prepend=-1) != 0
+    bos_only = impls.AttentionMask(
+        mask.segment_ids_BL, jnp.asarray(first_of_segment & (np.asarray(mask.segment_ids_BL) > 0))
+    )
+    assert int(jnp.sum(bos_only.bidirectional_BL)) > 0
+    assert int(impls.splash_variant(bos_only)) == 0 and int(impls.cudnn_variant(bos_only)) == 1
+    np.testing.assert_array_equal(impls.dense_mask(bos_only), impls.dense_mask(mask))
 
 
 @pytest.mark.parametrize("kind", ["packed", "prefix"])
@@ -138,6 +171,19 @@ def test_auto_is_xla_on_cpu_and_the_kernel_on_its_platform():
     assert impls.resolve("auto", "cpu") == "xla"
     assert impls.resolve("auto", "gpu") == "cudnn"
     assert impls.resolve("auto", "tpu") == "splash"
+    assert impls.current_platform() == "cpu"
+
+
+def test_the_platform_is_the_mesh_s_not_the_process_s():
+    """An ahead-of-time compile for TPU devices on this CPU machine resolves attention for the
+    TPU (the dry run's topology compiles; tests/test_dry_run.py checks it with libtpu)."""
+    from jax._src.mesh import AbstractDevice  # the public API builds one from real devices only
+
+    tpu = AbstractDevice("TPU v5 lite", 1, "tpu")
+    with jax.sharding.use_abstract_mesh(
+        jax.sharding.AbstractMesh((1,), ("x",), abstract_device=tpu)
+    ):
+        assert impls.current_platform() == "tpu"
     assert impls.current_platform() == "cpu"
 
 

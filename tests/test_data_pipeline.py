@@ -354,12 +354,22 @@ def test_broken_examples_fn_is_a_clear_error(manifest):
     with pytest.raises(ValueError, match="exactly the keys"):
         next(_train_iterator(manifest, examples_fn=lambda ids, rng: [{"inputs": ids}]))
 
-    def bidirectional_suffix(token_ids, rng):  # attention kernels need a bidirectional prefix
-        example = {feature: np.ones(4) for feature in pipeline.EXAMPLE_FEATURES}
-        return [{**example, "bidirectional": np.array([0, 0, 1, 1])}]
+    def with_bidirectional(values):  # attention kernels need a bidirectional prefix of 0/1
+        example = {feature: np.ones(len(values)) for feature in pipeline.EXAMPLE_FEATURES}
+        return lambda token_ids, rng: [{**example, "bidirectional": np.array(values)}]
 
-    with pytest.raises(ValueError, match=r"bidirectional=\[0, 0, 1, 1\] for document \d+; .*first"):
-        next(_train_iterator(manifest, examples_fn=bidirectional_suffix, prefetch_batches=0))
+    for values, message in [
+        ([0, 0, 1, 1], r"bidirectional\[2\]=1 \(after 0\) for document \d+; .*first"),
+        ([1, 2, 0, 0], r"bidirectional\[1\]=2 \(after 1\) for document \d+; it must be 0 or 1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            next(
+                _train_iterator(
+                    manifest, examples_fn=with_bidirectional(values), prefetch_batches=0
+                )
+            )
+    batch = next(_train_iterator(manifest, examples_fn=with_bidirectional([1, 1, 0, 0])))
+    assert batch["bidirectional"][0, :4].tolist() == [1, 1, 0, 0]
 
 
 def test_objective_that_never_makes_examples_raises_instead_of_hanging(manifest):

@@ -15,9 +15,10 @@ from jaxpretrain import dry_run
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 GIB = 2**30
 # Measured (docs/parallelism.md): on data / fsdp meshes the CPU-compiled total is 1.08-1.25x
-# the hand count (the CPU compiler keeps float32 copies of some bfloat16 buffers and more than
-# one attention or loss temporary); allow 0.9-1.35x.
-HAND_COUNT_MARGIN = (0.9, 1.35)
+# the hand count with jax 0.10.2 (the CPU compiler keeps float32 copies of some bfloat16 buffers
+# and more than one attention or loss temporary), 0.86x for clm_7b with jax 0.11.2's (the GPU
+# image's; tools/check_next_jax.sh); allow 0.8-1.35x.
+HAND_COUNT_MARGIN = (0.8, 1.35)
 
 
 def load_config(name: str):

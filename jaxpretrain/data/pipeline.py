@@ -440,11 +440,16 @@ def _checked_example(
             f"each must be 1-D with one common length between 1 and seq_len={seq_len}."
         )
     bidirectional = checked["bidirectional"]
-    if np.any((bidirectional != 0) & (bidirectional != 1)) or np.any(np.diff(bidirectional) > 0):
+    not_a_prefix = np.flatnonzero((bidirectional > 1) | (bidirectional < 0))
+    if not len(not_a_prefix):
+        not_a_prefix = np.flatnonzero(np.diff(bidirectional) > 0) + 1
+    if len(not_a_prefix):
+        at = int(not_a_prefix[0])
         raise ValueError(
-            f"examples_fn returned bidirectional={bidirectional.tolist()} for document "
-            f"{document_index}; it must be 1 on the example's first positions (a bidirectional "
-            "prefix) and 0 after them: put the bidirectional tokens first."
+            f"examples_fn returned bidirectional[{at}]={int(bidirectional[at])} (after "
+            f"{int(bidirectional[at - 1]) if at else 'nothing'}) for document {document_index}; "
+            "it must be 0 or 1, 1 on the example's first positions (a bidirectional prefix) and "
+            "0 after them: put the bidirectional tokens first."
         )
     return checked
 

@@ -137,15 +137,20 @@ def xla_attention(
     return jax.nn.dot_product_attention(query_BLNH, key_BSKH, value_BSKH, mask=dense_mask(mask))
 
 
-def _has_bidirectional(mask: AttentionMask) -> jax.Array:
-    return jnp.any(mask.bidirectional_BL != 0)
+def _attends_forward(mask: AttentionMask) -> jax.Array:
+    """Whether some token attends a later one: with each segment's bidirectional tokens first,
+    two neighbours bidirectional in one segment. A one-token prefix (a seqio row's bos) is
+    causal attention, so such batches take the causal calls."""
+    bidirectional_BL = mask.bidirectional_BL != 0
+    same_segment_BL = mask.segment_ids_BL[:, 1:] == mask.segment_ids_BL[:, :-1]
+    return jnp.any(bidirectional_BL[:, 1:] & bidirectional_BL[:, :-1] & same_segment_BL)
 
 
 def cudnn_variant(mask: AttentionMask) -> jax.Array:
     """Which cuDNN call a batch needs: 0 causal with one segment per row, 1 causal with several
     segments (or padding), 2 with a bidirectional prefix (see the module docstring)."""
     one_segment = jnp.all(mask.segment_ids_BL == mask.segment_ids_BL[:, :1])
-    return jnp.where(_has_bidirectional(mask), 2, jnp.where(one_segment, 0, 1))
+    return jnp.where(_attends_forward(mask), 2, jnp.where(one_segment, 0, 1))
 
 
 def splash_variant(mask: AttentionMask) -> jax.Array:
@@ -157,7 +162,7 @@ def splash_variant(mask: AttentionMask) -> jax.Array:
     """
     real_token_BL = mask.segment_ids_BL != 0
     all_bidirectional = jnp.all((mask.bidirectional_BL != 0) | ~real_token_BL)
-    return jnp.where(_has_bidirectional(mask), jnp.where(all_bidirectional, 1, 2), 0)
+    return jnp.where(_attends_forward(mask), jnp.where(all_bidirectional, 1, 2), 0)
 
 
 def cudnn_attention(
@@ -173,11 +178,9 @@ def cudnn_attention(
     `backend` is jax's `implementation` argument; "xla" runs the same variants on any platform
     (how the CPU tests check the variant logic).
     """
-    if backend == "cudnn" and query_BLNH.dtype not in _CUDNN_DTYPES:
-        fall_back(
-            f"cuDNN attention needs bfloat16 or float16 compute, not {query_BLNH.dtype}: the "
-            "XLA path runs (set model.dtype='bfloat16')"
-        )
+    problem = kernel_problem("cudnn", query_BLNH.shape[1], query_BLNH.dtype)
+    if backend == "cudnn" and problem:
+        fall_back(problem)
         return xla_attention(query_BLNH, key_BSKH, value_BSKH, mask)
     attend = functools.partial(jax.nn.dot_product_attention, implementation=backend)
 
@@ -255,8 +258,17 @@ def _splash_kernel_call(
     return jnp.swapaxes(encoded_BNLH, 1, 2).astype(query_BLNH.dtype)
 
 
-def _splash_problem(length: int) -> str | None:
-    """Why the splash kernel cannot run this attention here, or None when it can."""
+def kernel_problem(implementation: str, length: int, dtype: jnp.dtype) -> str | None:
+    """Why `implementation`'s kernel cannot run attention over `length` tokens in `dtype` under
+    the active sharding rules (a sentence ending in "the XLA path runs"), or None when it can.
+    The kernels check this while tracing; the dry run asks it to say what its program runs."""
+    if implementation == "cudnn" and jnp.dtype(dtype) not in _CUDNN_DTYPES:
+        return (
+            f"cuDNN attention needs bfloat16 or float16 compute, not {jnp.dtype(dtype)}: the XLA "
+            "path runs (set model.dtype='bfloat16')"
+        )
+    if implementation != "splash":
+        return None
     if _splash_block(length) is None:
         return f"splash attention needs a length divisible by 128, not {length}: the XLA path runs"
     if importlib.util.find_spec("jax.experimental.pallas.ops.tpu.splash_attention") is None:
@@ -285,7 +297,7 @@ def splash_attention(
     head axes. `interpret=True` runs the kernel in the Pallas interpreter (any platform; slow),
     which is how the CPU tests check it.
     """
-    problem = _splash_problem(query_BLNH.shape[1])
+    problem = kernel_problem("splash", query_BLNH.shape[1], query_BLNH.dtype)
     if problem:
         fall_back(problem)
         return xla_attention(query_BLNH, key_BSKH, value_BSKH, mask)
