@@ -69,6 +69,8 @@ _ARRAY_RE = re.compile(
     r"\[(?P<dims>[\d,]*)\]"
 )
 _CUSTOM_CALL_RE = re.compile(r'custom_call_target="([^"]+)"')
+# What each attention kernel's custom-call target contains in a compiled program.
+_KERNEL_CALLS = {"splash": "tpu_custom_call", "cudnn": "cudnn"}
 
 CPU_CAVEAT = (
     "memory compiled for CPU devices approximates an accelerator's: the TPU/GPU compilers fuse "
@@ -216,11 +218,16 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
         + memory["temporaries"]
         + memory["generated_code"]
     )
-    hand = hand_count(config, setup, batch)
-    model_cfg = setup.model_config
-    tokens = config.train.batch_size * config.train.seq_len
     platform = setup.mesh.devices.flat[0].platform
     compiled_text = compiled.as_text()
+    calls = custom_calls(compiled_text)
+    attention = attention_run(config, setup)
+    # A kernel that refused the shapes while tracing (cuDNN checks them there) left no call.
+    if attention != "xla" and not any(_KERNEL_CALLS[attention] in target for target in calls):
+        attention = "xla"
+    hand = hand_count(config, setup, batch, attention=attention)
+    model_cfg = setup.model_config
+    tokens = config.train.batch_size * config.train.seq_len
     report = DryRunReport(
         mesh=dict(setup.mesh.shape),
         platform=platform,
@@ -237,8 +244,8 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
         caveat=CPU_CAVEAT if platform == "cpu" else "",
         topology=topology_text,
         collectives=collective_bytes(compiled_text),
-        attention=attention_run(config, setup),
-        custom_calls=custom_calls(compiled_text),
+        attention=attention,
+        custom_calls=calls,
     )
     output = paths.resolve(workdir)
     output.mkdir(parents=True, exist_ok=True)
@@ -440,10 +447,15 @@ def _compiled_flops(compiled: Any) -> float | None:
 
 
 def hand_count(
-    config: ml_collections.ConfigDict, setup: state_lib.Setup, batch: dict[str, Any]
+    config: ml_collections.ConfigDict,
+    setup: state_lib.Setup,
+    batch: dict[str, Any],
+    *,
+    attention: str | None = None,
 ) -> dict[str, int]:
     """Per-device bytes of one train step counted from the shapes, by part.
 
+    `attention` is the implementation the step runs (default: `attention_run`'s answer).
     `params`, `optimizer` (Adam moments and counters) and `batch` are the shards of the abstract
     state and batch; `state` is the whole state (params + optimizer + scalars). `gradients` is
     one parameter-sized buffer (two with gradient accumulation: the float32 sum and a
@@ -480,13 +492,15 @@ def hand_count(
     hd, vocab = model_cfg.head_dim, model_cfg.vocab_size // t
     layers = model_cfg.num_layers // mesh["pipe"]
 
-    attention = attention_run(config, setup)
-    # Per token: XLA's float32 row of scores (and one of probabilities), a kernel's log-sum-exp.
-    score_row = q * seq * 4 if attention == "xla" else q * 4
+    attention = attention or attention_run(config, setup)
+    fused = attention != "xla"
     per_token = {"full": d * c}  # saved per layer per token, bytes
     per_token["dots_no_batch"] = per_token["full"] + ((q + 2 * kv) * hd + d + 2 * f) * c
-    per_token["dots"] = per_token["dots_no_batch"] + score_row + q * hd * c
-    per_token["none"] = per_token["dots"] + score_row + (2 * d) * 4 + f * c
+    # XLA's float32 score row is a dot's output; a kernel's output is no dot.
+    per_token["dots"] = per_token["dots_no_batch"] + (0 if fused else q * seq * 4) + q * hd * c
+    # Everything saved: XLA's probabilities, or the kernel's float32 log-sum-exp.
+    probabilities = q * 4 if fused else q * seq * 4
+    per_token["none"] = per_token["dots"] + probabilities + (2 * d) * 4 + f * c
     scores = {
         "xla": b * (4 * q * seq * seq * 4 + seq * seq),
         # Two calls for rows with a bidirectional prefix, each with its statistics.

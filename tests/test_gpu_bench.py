@@ -1,5 +1,6 @@
-"""tools/gpu_bench.sh and tools/fetch_gpu_wheels.sh parse and pass shellcheck; the script itself
-runs end to end in CI with --cpu-smoke (in the environment that has torch, .ci/run)."""
+"""tools/gpu_bench.sh, tools/fetch_gpu_wheels.sh and tools/check_next_jax.sh parse and pass
+shellcheck; the GPU script itself runs end to end in CI with --cpu-smoke (in the environment that
+has torch, .ci/run)."""
 
 import json
 import pathlib
@@ -10,7 +11,7 @@ import pytest
 
 SCRIPTS = [
     pathlib.Path(__file__).parent.parent / "tools" / name
-    for name in ("gpu_bench.sh", "fetch_gpu_wheels.sh")
+    for name in ("gpu_bench.sh", "fetch_gpu_wheels.sh", "check_next_jax.sh")
 ]
 
 

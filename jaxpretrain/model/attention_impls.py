@@ -5,9 +5,13 @@ GPU, splash on TPU and XLA elsewhere. Every implementation computes the same fun
 `dense_mask` says: query q attends key k iff they share a segment and either k <= q or both are
 bidirectional.
 
-Which kernel variant a batch needs depends on its values (a causal-LM batch has no bidirectional
-token; a prefix-LM batch does), so each kernel path switches at run time (`jax.lax.switch`, one
-branch executed) between the variants it can express:
+Which kernel variant a batch needs depends on its values (in a causal-LM batch no token attends
+a later one; in a prefix-LM batch some do), so each kernel path switches at run time
+(`jax.lax.switch`, one branch executed) between the variants it can express. Both kernels rely
+on the batch contract that a segment's bidirectional tokens are its first ones (a prefix): the
+input pipeline checks every example an objective makes, and seqio rows are built that way
+(`objectives/rows.py`); a batch that breaks it gets a different mask from these kernels than
+from `dense_mask`.
 
     cudnn   one segment per row, causal  -> is_causal, no mask (flash attention at its fastest)
             several segments, causal     -> is_causal plus the dense segment mask (a bias to cuDNN)
@@ -260,7 +264,7 @@ def _splash_kernel_call(
 
 def kernel_problem(implementation: str, length: int, dtype: jnp.dtype) -> str | None:
     """Why `implementation`'s kernel cannot run attention over `length` tokens in `dtype` under
-    the active sharding rules (a sentence ending in "the XLA path runs"), or None when it can.
+    the active sharding rules (a sentence saying the XLA path runs), or None when it can.
     The kernels check this while tracing; the dry run asks it to say what its program runs."""
     if implementation == "cudnn" and jnp.dtype(dtype) not in _CUDNN_DTYPES:
         return (
