@@ -423,12 +423,12 @@ def attention_run(config: ml_collections.ConfigDict, setup: state_lib.Setup) -> 
     platform, then the kernel's own checks (length, dtype, sharding) as it makes them while
     tracing."""
     model_cfg = setup.model_config
-    resolved = attention_impls.resolve(
-        model_cfg.attention,
-        setup.mesh.devices.flat[0].platform,
-        pipelined=model_cfg.pipeline_stages > 1,
-    )
-    with mesh_lib.axis_rules(setup.mesh, setup.layout.rules):
+    with mesh_lib.axis_rules(setup.mesh, setup.layout.rules):  # as while tracing the step
+        resolved = attention_impls.resolve(
+            model_cfg.attention,
+            attention_impls.current_platform(),
+            pipelined=model_cfg.pipeline_stages > 1,
+        )
         problem = attention_impls.kernel_problem(
             resolved, config.train.seq_len, model_cfg.compute_dtype
         )

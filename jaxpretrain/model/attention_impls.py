@@ -100,10 +100,9 @@ def current_platform() -> str:
 
     The mesh decides in ahead-of-time compiles for a TPU topology on a machine without one.
     """
-    # AbstractMesh.abstract_device is None for an empty mesh (nothing set) and where jax does
-    # not know the devices; getattr keeps jax versions without the attribute on the backend.
-    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
-    return getattr(device, "platform", None) or jax.default_backend()
+    # None for an empty mesh (none set) and where jax does not know the devices.
+    device = jax.sharding.get_abstract_mesh().abstract_device
+    return device.platform if device is not None else jax.default_backend()
 
 
 def resolve(requested: str, platform: str, *, pipelined: bool = False) -> str:
@@ -334,12 +333,11 @@ def splash_attention(
         # least itself in both calls, so neither produces an empty softmax row.
         is_prefix_BL = mask.bidirectional_BL != 0
         prefix_ids_BL = 2 * mask.segment_ids_BL + jnp.where(is_prefix_BL, 0, 1)
-        encoded_BLNH = jnp.where(
+        return jnp.where(
             is_prefix_BL[:, :, None, None],
             full(q, k, v, prefix_ids_BL),
             causal(q, k, v, mask.segment_ids_BL),
         )
-        return encoded_BLNH
 
     branches = (causal_rows, bidirectional_rows, prefix_rows)
     return jax.lax.switch(splash_variant(mask), branches, query_BLNH, key_BSKH, value_BSKH, mask)
