@@ -418,17 +418,16 @@ def shard_bytes(tree: Any) -> int:
     )
 
 
-def attention_run(config: ml_collections.ConfigDict, setup: state_lib.Setup) -> str:
-    """The attention the compiled step runs: `model.attention` resolved for the mesh's
-    platform, then the kernel's own checks (length, dtype, sharding) as it makes them while
-    tracing."""
+def attention_run(
+    config: ml_collections.ConfigDict, setup: state_lib.Setup, platform: str | None = None
+) -> str:
+    """The attention the compiled step runs: `model.attention` resolved for `platform` (default:
+    the mesh's), then the kernel's own checks (length, dtype, sharding) as it makes them while
+    tracing. Cost estimates pass the platform of the hardware they estimate for."""
     model_cfg = setup.model_config
     with mesh_lib.axis_rules(setup.mesh, setup.layout.rules):  # as while tracing the step
-        resolved = attention_impls.resolve(
-            model_cfg.attention,
-            attention_impls.current_platform(),
-            pipelined=model_cfg.pipeline_stages > 1,
-        )
+        platform = platform or attention_impls.current_platform()
+        resolved = attention_impls.resolve(model_cfg.attention, platform)
         problem = attention_impls.kernel_problem(
             resolved, config.train.seq_len, model_cfg.compute_dtype
         )

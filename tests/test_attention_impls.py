@@ -43,7 +43,7 @@ def packed_mask(kind: str) -> impls.AttentionMask:
             if kind == "bidirectional":
                 bidirectional[:, start:end] = 1
         segment_ids[1, 60:80] = 4  # rows differ
-    return impls.AttentionMask(jnp.asarray(segment_ids), jnp.asarray(bidirectional))
+    return impls.attention_mask(jnp.asarray(segment_ids), jnp.asarray(bidirectional))
 
 
 def qkv(seed: int = 0, length: int = LENGTH):
@@ -109,7 +109,7 @@ def test_splash_prefix_rows_over_several_kernel_blocks_equal_the_xla_path():
         segment_ids[:, start:end] = segment
         bidirectional[:, start : start + prefix] = 1
     segment_ids[1, 100:150] = 6  # rows differ: row 1 splits the first segment's causal part
-    mask = impls.AttentionMask(jnp.asarray(segment_ids), jnp.asarray(bidirectional))
+    mask = impls.attention_mask(jnp.asarray(segment_ids), jnp.asarray(bidirectional))
     assert int(impls.splash_variant(mask)) == 2
     assert_same_as_xla(lambda *args: impls.splash_attention(*args, interpret=True), mask)
 
@@ -119,7 +119,7 @@ def test_a_one_token_prefix_takes_the_causal_calls():
     batch is causal, and neither kernel runs its prefix call."""
     mask = packed_mask("packed")
     first_of_segment = np.diff(np.asarray(mask.segment_ids_BL), axis=1, prepend=-1) != 0
-    bos_only = impls.AttentionMask(
+    bos_only = impls.attention_mask(
         mask.segment_ids_BL, jnp.asarray(first_of_segment & (np.asarray(mask.segment_ids_BL) > 0))
     )
     assert int(jnp.sum(bos_only.bidirectional_BL)) > 0
@@ -142,7 +142,7 @@ def test_splash_kernel_runs_per_device_under_sharding_rules(kind):
 
 def test_splash_falls_back_where_its_blocks_do_not_fit(caplog):
     query, key, value = (x[:, :100] for x in qkv())
-    mask = impls.AttentionMask(
+    mask = impls.attention_mask(
         jnp.ones((BATCH, 100), jnp.int32), jnp.zeros((BATCH, 100), jnp.int32)
     )
     with caplog.at_level(logging.WARNING):
@@ -204,12 +204,6 @@ def test_cudnn_falls_back_for_float32_compute(caplog):
         out = impls.cudnn_attention(*qkv(), mask)  # backend cudnn: refused before any GPU call
     np.testing.assert_allclose(out, impls.xla_attention(*qkv(), mask), atol=1e-6)
     assert "bfloat16 or float16 compute, not float32" in caplog.text
-
-
-def test_kernels_inside_pipeline_stages_fall_back(caplog):
-    with caplog.at_level(logging.WARNING):
-        assert impls.resolve("auto", "gpu", pipelined=True) == "xla"
-    assert "pipeline stages (mesh.pipe > 1)" in caplog.text
 
 
 def test_model_with_each_setting_equals_the_xla_model_on_cpu(caplog):

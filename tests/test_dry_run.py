@@ -251,14 +251,19 @@ def test_topology_tpu_compiler_gathers_fsdp_weights_in_the_compute_dtype(tmp_pat
     assert report.collectives.get("all-gather f32", 0) < gathered_bf16 / 50, report.collectives
 
 
-@pytest.mark.parametrize("attention, kernel_calls", [("auto", True), ("xla", False)])
-def test_topology_compiles_the_tpu_attention_kernel_auto_picks(tmp_path, attention, kernel_calls):
+@pytest.mark.parametrize(
+    "attention, kernel_calls, pipe", [("auto", True, 1), ("xla", False, 1), ("auto", True, 2)]
+)
+def test_topology_compiles_the_tpu_attention_kernel_auto_picks(
+    tmp_path, attention, kernel_calls, pipe
+):
     """On a TPU topology `auto` is splash attention, a Pallas (Mosaic) kernel in the compiled
     program, though the compiling machine is a CPU: the platform is the mesh's, not the
-    process's default backend."""
+    process's default backend. Also inside pipeline stages (the kernel vmapped over them)."""
     pytest.importorskip("libtpu")
     config = tiny_config(seq_len=128)
     config.model.update(dtype="bfloat16", attention=attention)
+    config.mesh.update(pipe=pipe, microbatches=pipe)
     config.dry_run.topology = "v5e-8"
     report = dry_run.dry_run(config, str(tmp_path))
     assert report.attention == ("splash" if kernel_calls else "xla")

@@ -5,8 +5,8 @@ import numpy as np
 from flax import nnx
 
 from jaxpretrain.model import ModelConfig
-from jaxpretrain.model.attention import Attention, apply_rope, attention_mask
-from jaxpretrain.model.attention_impls import dense_mask
+from jaxpretrain.model.attention import Attention, apply_rope
+from jaxpretrain.model.attention_impls import attention_mask, dense_mask
 
 CFG = ModelConfig(
     vocab_size=64,

@@ -1,6 +1,8 @@
 """Pipeline parallelism: a pipelined stack equals the layers run in order, forward and backward."""
 
 import dataclasses
+import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -12,13 +14,14 @@ from jaxpretrain import config as config_lib
 from jaxpretrain import mesh as mesh_lib
 from jaxpretrain import state as state_lib
 from jaxpretrain.model import ModelConfig, Transformer
+from jaxpretrain.model import attention_impls as impls
 from jaxpretrain.model.pipeline import bubble_fraction
 
 LENGTH = 16
 FEATURES = ("inputs", "segment_ids", "positions", "bidirectional")
 
 
-def model_config(num_layers: int, **pipeline) -> ModelConfig:
+def model_config(num_layers: int, length: int = LENGTH, **pipeline) -> ModelConfig:
     return ModelConfig(
         vocab_size=64,
         num_layers=num_layers,
@@ -27,25 +30,28 @@ def model_config(num_layers: int, **pipeline) -> ModelConfig:
         num_kv_heads=2,
         head_dim=8,
         mlp_dim=64,
-        max_seq_len=LENGTH,
+        max_seq_len=length,
         dtype="float32",
         **pipeline,
     )
 
 
-def packed_batch(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Rows of 1-3 documents of random length, some with a bidirectional prefix, then padding."""
+def packed_batch(
+    rows: int, seed: int = 0, length: int = LENGTH, max_prefix: int = 2
+) -> dict[str, np.ndarray]:
+    """Rows of 1-3 documents of random length, some with a bidirectional prefix of up to
+    `max_prefix` tokens, then padding."""
     rng = np.random.default_rng(seed)
-    batch = {name: np.zeros((rows, LENGTH), np.int32) for name in FEATURES}
+    batch = {name: np.zeros((rows, length), np.int32) for name in FEATURES}
+    longest = max(7, length // 3)
     for row in range(rows):
         start = 0
         for segment in range(1, rng.integers(1, 4) + 1):
-            length = int(rng.integers(2, 7))
-            end = min(start + length, LENGTH - 1)
+            end = min(start + int(rng.integers(2, longest)), length - 1)
             batch["inputs"][row, start:end] = rng.integers(4, 64, end - start)
             batch["segment_ids"][row, start:end] = segment
             batch["positions"][row, start:end] = np.arange(end - start)
-            batch["bidirectional"][row, start : start + int(rng.integers(0, 3))] = 1
+            batch["bidirectional"][row, start : start + int(rng.integers(0, max_prefix + 1))] = 1
             start = end
     return batch
 
@@ -53,7 +59,7 @@ def packed_batch(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
 def forward_and_grads(cfg: ModelConfig, params, batch, mesh=None):
     """Logits and d(sum of logits^2 weighted by position)/d(params), on `mesh` when given."""
     graphdef = state_lib.abstract_model(cfg)[0]
-    weights = jnp.linspace(0.5, 1.5, LENGTH)[None, :, None]
+    weights = jnp.linspace(0.5, 1.5, batch["inputs"].shape[1])[None, :, None]
 
     def loss(params):
         logits = nnx.merge(graphdef, params)(*(batch[name] for name in FEATURES))
@@ -108,6 +114,74 @@ def test_pipeline_equals_layers_in_order(stages, repeats, microbatches, data, sc
     np.testing.assert_allclose(logits, expected_logits, rtol=1e-5, atol=1e-5)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        grads,
+        expected_grads,
+    )
+
+
+# The kernels as the CPU runs them: splash in the Pallas interpreter, cuDNN's calls through
+# jax's "xla" implementation of jax.nn.dot_product_attention.
+KERNELS_ON_CPU = {
+    "splash": ("tpu", functools.partial(impls.splash_attention, interpret=True)),
+    "cudnn": ("gpu", functools.partial(impls.cudnn_attention, backend="xla")),
+}
+
+
+@pytest.mark.parametrize(
+    "kernel, kind", [("splash", "causal"), ("splash", "mixed"), ("cudnn", "mixed")]
+)
+def test_kernels_run_inside_pipeline_stages_equal_to_the_xla_stack(
+    monkeypatch, caplog, kernel, kind
+):
+    """A kernel inside the stages' vmap, one variant per batch: in the mixed batch one
+    microbatch is causal and the other has long prefixes, and the causal one runs the whole
+    batch's prefix variant."""
+    length, stages, microbatches, data = 128, 2, 2, 4
+    pipelined = model_config(
+        2 * stages,
+        length,
+        pipeline_stages=stages,
+        pipeline_repeats=1,
+        pipeline_microbatches=microbatches,
+        attention=kernel,
+    )
+    reference = dataclasses.replace(
+        pipelined, pipeline_stages=1, pipeline_microbatches=1, attention="xla"
+    )
+    params = nnx.to_pure_dict(nnx.state(Transformer(pipelined, rngs=nnx.Rngs(0))))
+    batch = packed_batch(rows=microbatches * data, length=length, max_prefix=20)
+    first_microbatch = slice(0, data)  # split_batch's first microbatch: the first rows
+    batch["bidirectional"][first_microbatch] = 0
+    if kind == "causal":
+        batch["bidirectional"][:] = 0
+    expected_logits, expected_grads = forward_and_grads(reference, params, batch)
+
+    platform, attention_on_cpu = KERNELS_ON_CPU[kernel]
+    monkeypatch.setattr(impls, "current_platform", lambda: platform)
+    monkeypatch.setattr(impls, "_reasons_logged", set())
+    monkeypatch.setattr(impls, f"{kernel}_attention", attention_on_cpu)
+    kernel_variants = []
+    original_switch = jax.lax.switch
+
+    def switch(index, branches, *operands):
+        kernel_variants.append(len(branches))
+        return original_switch(index, branches, *operands)
+
+    monkeypatch.setattr(jax.lax, "switch", switch)
+    mesh = mesh_lib.make_mesh({"data": data, "fsdp": 1, "tensor": 1, "pipe": stages})
+    with caplog.at_level(logging.WARNING):
+        logits, grads = forward_and_grads(pipelined, params, batch, mesh)
+        graphdef = state_lib.abstract_model(pipelined)[0]
+        with mesh_lib.axis_rules(mesh, config_lib.DEFAULT_AXIS_RULES):
+            program = jax.make_jaxpr(lambda p: nnx.merge(graphdef, p)(*batch.values()))(params)
+    assert caplog.text == "" and impls.fallback_reasons() == []
+    assert kernel_variants and set(kernel_variants) == {3}  # the kernel's three variants traced
+    # The switch stayed a switch: a per-stage index would have made it a select of every branch.
+    assert "cond[" in str(program)
+    # The kernel's running softmax sums in another order than the XLA path.
+    np.testing.assert_allclose(logits, expected_logits, rtol=1e-5, atol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
         grads,
         expected_grads,
     )

@@ -364,7 +364,7 @@ def attention_masks(batch: int, length: int) -> dict:
     """The three kinds of batch attention sees (`attention_impls` picks a kernel call per kind):
     one document per row (no segment ids needed), packed documents of ~length/4 tokens, and the
     same with a bidirectional prefix on each document's first third (prefix LM, UL2)."""
-    from jaxpretrain.model.attention_impls import AttentionMask
+    from jaxpretrain.model.attention_impls import attention_mask
 
     document = max(1, length // 4)
     positions_L = np.arange(length)
@@ -376,9 +376,9 @@ def attention_masks(batch: int, length: int) -> dict:
         return jnp.asarray(np.broadcast_to(x_L, (batch, length)))
 
     return {
-        "causal, one document": AttentionMask(rows(np.ones(length, np.int32)), rows(none_L)),
-        "causal, segment ids": AttentionMask(rows(packed_L), rows(none_L)),
-        "prefix, segment ids": AttentionMask(rows(packed_L), rows(prefix_L)),
+        "causal, one document": attention_mask(rows(np.ones(length, np.int32)), rows(none_L)),
+        "causal, segment ids": attention_mask(rows(packed_L), rows(none_L)),
+        "prefix, segment ids": attention_mask(rows(packed_L), rows(prefix_L)),
     }
 
 

@@ -47,21 +47,6 @@ def apply_rope(x_BLNH: jax.Array, positions_BL: jax.Array, theta: float) -> jax.
     return rotated_BLNH.astype(x_BLNH.dtype)
 
 
-def attention_mask(segment_ids_BL: jax.Array, bidirectional_BL: jax.Array) -> AttentionMask:
-    """Which keys each query may attend to, for packed rows, as every implementation reads it.
-
-    Query q attends key k iff they share a segment and either k <= q (row order) or both are
-    bidirectional (`attention_impls.dense_mask` spells the rule out as a [B, 1, L, S] array).
-    Kept as the features rather than the dense mask because kernels take segment ids and a
-    causal flag, and the dense mask grows with length squared.
-
-    Args:
-      segment_ids_BL: [batch, length] int, 1-based document id inside the row, 0 = padding.
-      bidirectional_BL: [batch, length] int, 1 where a token may attend to later tokens.
-    """
-    return AttentionMask(segment_ids_BL, bidirectional_BL)
-
-
 def output_projection_std(cfg: ModelConfig) -> float:
     """Init std of the projections that write into the residual stream (attention out, MLP down).
 
@@ -81,7 +66,6 @@ class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.rope_theta = cfg.rope_theta
         self.implementation = cfg.attention
-        self.pipelined = cfg.pipeline_stages > 1
         d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         common = dict(dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype, rngs=rngs)
         normal = nnx.initializers.normal(cfg.init_std)
@@ -130,6 +114,6 @@ class Attention(nnx.Module):
         key_BSKH = constrain(key_BSKH, ("batch", "length", "kv_heads", "head_dim"))
         value_BSKH = constrain(value_BSKH, ("batch", "length", "kv_heads", "head_dim"))
         encoded_BLNH = dot_product_attention(
-            query_BLNH, key_BSKH, value_BSKH, mask, self.implementation, pipelined=self.pipelined
+            query_BLNH, key_BSKH, value_BSKH, mask, self.implementation
         )
         return self.out(encoded_BLNH)

@@ -7,7 +7,8 @@ bidirectional.
 
 Which kernel variant a batch needs depends on its values (in a causal-LM batch no token attends
 a later one; in a prefix-LM batch some do), so each kernel path switches at run time
-(`jax.lax.switch`, one branch executed) between the variants it can express. Both kernels rely
+(`jax.lax.switch`, one branch executed) between the variants it can express, by the batch's
+`BatchFacts` (inside pipeline stages, those of the whole batch). Both kernels rely
 on the batch contract that a segment's bidirectional tokens are its first ones (a prefix): the
 input pipeline checks every example an objective makes, and seqio rows are built that way
 (`objectives/rows.py`); a batch that breaks it gets a different mask from these kernels than
@@ -50,6 +51,36 @@ _SPLASH_BLOCKS = (512, 256, 128)
 _reasons_logged: set[str] = set()
 
 
+class BatchFacts(NamedTuple):
+    """What a whole batch's mask is like (bool scalars): each kernel picks its variant by them.
+
+    Computed once per batch, before the pipeline's vmap over stages splits it into microbatches:
+    a variant switch on a per-stage value would become a select that runs every variant.
+
+    attends_forward: some token attends a later one (two neighbours bidirectional in one
+      segment; a one-token prefix, a seqio row's bos, attends only itself).
+    one_segment_per_row: every row is one segment (no packing, no padding).
+    all_bidirectional: every real token is bidirectional (MLM).
+    """
+
+    attends_forward: jax.Array
+    one_segment_per_row: jax.Array
+    all_bidirectional: jax.Array
+
+
+def batch_facts(segment_ids_BL: jax.Array, bidirectional_BL: jax.Array) -> BatchFacts:
+    """The `BatchFacts` of a batch's features (relies on the prefix contract of `AttentionMask`)."""
+    is_bidirectional_BL = bidirectional_BL != 0
+    same_segment_BL = segment_ids_BL[:, 1:] == segment_ids_BL[:, :-1]
+    return BatchFacts(
+        attends_forward=jnp.any(
+            is_bidirectional_BL[:, 1:] & is_bidirectional_BL[:, :-1] & same_segment_BL
+        ),
+        one_segment_per_row=jnp.all(segment_ids_BL == segment_ids_BL[:, :1]),
+        all_bidirectional=jnp.all(is_bidirectional_BL | (segment_ids_BL == 0)),
+    )
+
+
 class AttentionMask(NamedTuple):
     """The packed-row features that decide which keys each query attends to (a pytree).
 
@@ -57,10 +88,33 @@ class AttentionMask(NamedTuple):
     bidirectional_BL: [batch, length] int, 1 where a token may attend to later tokens. The
       bidirectional tokens of a segment are its first ones (a prefix; the input pipeline
       checks every example), which is what lets splash express the mask with static kernels.
+    facts: the whole batch's `BatchFacts` (of more rows than these inside pipeline stages).
     """
 
     segment_ids_BL: jax.Array
     bidirectional_BL: jax.Array
+    facts: BatchFacts
+
+
+def attention_mask(
+    segment_ids_BL: jax.Array, bidirectional_BL: jax.Array, facts: BatchFacts | None = None
+) -> AttentionMask:
+    """Which keys each query may attend to, for packed rows, as every implementation reads it.
+
+    Query q attends key k iff they share a segment and either k <= q (row order) or both are
+    bidirectional (`dense_mask` spells the rule out as a [B, 1, L, S] array). Kept as the
+    features rather than the dense mask because kernels take segment ids and a causal flag, and
+    the dense mask grows with length squared.
+
+    Args:
+      segment_ids_BL: [batch, length] int, 1-based document id inside the row, 0 = padding.
+      bidirectional_BL: [batch, length] int, 1 where a token may attend to later tokens.
+      facts: the facts of the batch these rows were split from (a pipeline's microbatch);
+        None computes them from these rows.
+    """
+    if facts is None:
+        facts = batch_facts(segment_ids_BL, bidirectional_BL)
+    return AttentionMask(segment_ids_BL, bidirectional_BL, facts)
 
 
 def dense_mask(mask: AttentionMask) -> jax.Array:
@@ -105,23 +159,17 @@ def current_platform() -> str:
     return device.platform if device is not None else jax.default_backend()
 
 
-def resolve(requested: str, platform: str, *, pipelined: bool = False) -> str:
+def resolve(requested: str, platform: str) -> str:
     """The implementation that runs for `model.attention=requested` on `platform`.
 
     `auto` picks the platform's kernel quietly. An explicit kernel on a platform without it
     falls back to XLA with a logged reason rather than failing: the same config then runs in CI,
-    on a laptop and on the accelerator it was written for. `pipelined`: the layers run inside
-    the pipeline's vmap over stages, where the per-batch variant switch would run every variant.
+    on a laptop and on the accelerator it was written for.
     """
     if requested == "auto":
         requested = {"gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}.get(platform, "xla")
         if requested == "xla":
             return requested
-    if pipelined and requested != "xla":
-        return fall_back(
-            f"model.attention={requested!r} is not run inside pipeline stages (mesh.pipe > 1) "
-            "yet: the XLA path runs"
-        )
     if requested == "cudnn" and platform not in ("gpu", "cuda"):
         return fall_back(
             f"model.attention='cudnn' needs an NVIDIA GPU, this is {platform}: the XLA path runs"
@@ -140,20 +188,11 @@ def xla_attention(
     return jax.nn.dot_product_attention(query_BLNH, key_BSKH, value_BSKH, mask=dense_mask(mask))
 
 
-def _attends_forward(mask: AttentionMask) -> jax.Array:
-    """Whether some token attends a later one: with each segment's bidirectional tokens first,
-    two neighbours bidirectional in one segment. A one-token prefix (a seqio row's bos) is
-    causal attention, so such batches take the causal calls."""
-    bidirectional_BL = mask.bidirectional_BL != 0
-    same_segment_BL = mask.segment_ids_BL[:, 1:] == mask.segment_ids_BL[:, :-1]
-    return jnp.any(bidirectional_BL[:, 1:] & bidirectional_BL[:, :-1] & same_segment_BL)
-
-
 def cudnn_variant(mask: AttentionMask) -> jax.Array:
     """Which cuDNN call a batch needs: 0 causal with one segment per row, 1 causal with several
     segments (or padding), 2 with a bidirectional prefix (see the module docstring)."""
-    one_segment = jnp.all(mask.segment_ids_BL == mask.segment_ids_BL[:, :1])
-    return jnp.where(_attends_forward(mask), 2, jnp.where(one_segment, 0, 1))
+    facts = mask.facts
+    return jnp.where(facts.attends_forward, 2, jnp.where(facts.one_segment_per_row, 0, 1))
 
 
 def splash_variant(mask: AttentionMask) -> jax.Array:
@@ -163,9 +202,8 @@ def splash_variant(mask: AttentionMask) -> jax.Array:
     Under variant 1 padding attends all padding rather than the padding before it: padding rows
     differ from `dense_mask`'s, but no real token sees padding, so losses and gradients do not.
     """
-    real_token_BL = mask.segment_ids_BL != 0
-    all_bidirectional = jnp.all((mask.bidirectional_BL != 0) | ~real_token_BL)
-    return jnp.where(_attends_forward(mask), jnp.where(all_bidirectional, 1, 2), 0)
+    facts = mask.facts
+    return jnp.where(facts.attends_forward, jnp.where(facts.all_bidirectional, 1, 2), 0)
 
 
 def cudnn_attention(
@@ -349,8 +387,6 @@ def dot_product_attention(
     value_BSKH: jax.Array,
     mask: AttentionMask,
     implementation: str,
-    *,
-    pipelined: bool = False,
 ) -> jax.Array:
     """Grouped-query attention within `mask` by `model.attention=implementation`.
 
@@ -361,12 +397,11 @@ def dot_product_attention(
       mask: the batch's segment ids and bidirectional flags.
       implementation: one of config.ATTENTION_IMPLEMENTATIONS; resolved for the platform being
         compiled for.
-      pipelined: True inside pipeline stages (`model.pipeline_stages` > 1).
 
     Returns:
       [batch, length, heads, head_dim] in the dtype of the query.
     """
-    resolved = resolve(implementation, current_platform(), pipelined=pipelined)
+    resolved = resolve(implementation, current_platform())
     if resolved == "cudnn":
         return cudnn_attention(query_BLNH, key_BSKH, value_BSKH, mask)
     if resolved == "splash":

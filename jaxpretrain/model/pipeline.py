@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxpretrain import mesh as mesh_lib
-from jaxpretrain.model.attention import attention_mask
+from jaxpretrain.model.attention_impls import attention_mask, batch_facts
 from jaxpretrain.model.config import ModelConfig
 
 
@@ -95,12 +95,15 @@ def apply_pipeline(
     segment_ids_MbL = mesh_lib.split_batch(segment_ids_BL, microbatches)
     positions_MbL = mesh_lib.split_batch(positions_BL, microbatches)
     bidirectional_MbL = mesh_lib.split_batch(bidirectional_BL, microbatches)
+    # Of the whole batch, outside the vmap over stages: an attention kernel's variant switch
+    # then stays one executed branch in every stage (see attention_impls.BatchFacts).
+    facts = batch_facts(segment_ids_BL, bidirectional_BL)
 
     def run_stage(weights_RP, repeat, x_bLD, segment_ids_bL, positions_bL, bidirectional_bL):
         weights_P = jax.tree.map(
             lambda w: jax.lax.dynamic_index_in_dim(w, repeat, axis=0, keepdims=False), weights_RP
         )
-        mask_b = attention_mask(segment_ids_bL, bidirectional_bL)
+        mask_b = attention_mask(segment_ids_bL, bidirectional_bL, facts)
         return apply_layers(weights_P, x_bLD, positions_bL, mask_b)
 
     # Constraints inside the stage get the stage axis's mesh axis on their vmapped dimension.

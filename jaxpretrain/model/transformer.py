@@ -28,12 +28,8 @@ from flax import nnx
 
 from jaxpretrain.mesh import constrain
 from jaxpretrain.model import pipeline
-from jaxpretrain.model.attention import (
-    Attention,
-    AttentionMask,
-    attention_mask,
-    output_projection_std,
-)
+from jaxpretrain.model.attention import Attention, output_projection_std
+from jaxpretrain.model.attention_impls import AttentionMask, attention_mask
 from jaxpretrain.model.config import ModelConfig
 
 _REMAT_POLICY_FUNCTIONS = {
