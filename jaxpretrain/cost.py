@@ -14,8 +14,10 @@ memory per device and the smallest slice that holds it.
   activations the remat policy keeps) on the state layout `state.setup` builds for that many
   devices. Nothing is compiled or allocated; the devices are fake CPU devices
   (`XLA_FLAGS=--xla_force_host_platform_device_count=N`, which tools/estimate_cost.py sets), used
-  only to lay out shardings. The TPU compiler's total came out 0.77-1.21x the hand count in the
-  dry runs of docs/parallelism.md: confirm a close fit with `--mode=dry_run`.
+  only to lay out shardings; attention is counted for the implementation the target runs
+  (`model.attention=auto`: cuDNN on GPUs, splash on TPUs, where the kernel's checks pass). The
+  TPU compiler's total came out 0.77-1.21x the hand count in the dry runs of
+  docs/parallelism.md: confirm a close fit with `--mode=dry_run`.
 
 The smallest fit (`search_fit`): device counts are tried from the hardware's smallest slice
 upward in powers of two (TPU v5e / v6e: 1, 4, 8, ...; v4 / v5p: 4 chips = v4-8 / v5p-8, ...;
@@ -64,6 +66,7 @@ class MemoryFit:
     hand_count: dict[str, int]  # bytes per device, by part (dry_run.hand_count)
     memory_bytes: int  # the device's
     largest_term: str
+    attention: str  # the implementation counted: what the step runs on this hardware
 
     @property
     def total_bytes(self) -> int:
@@ -82,7 +85,7 @@ class MemoryFit:
         return (
             f"{self.total_bytes / GIB:,.2f} GiB of {self.memory_bytes / GIB:g} GiB ({verdict}); "
             f"mesh {mesh or 'one device'}, grad_accum_steps {self.grad_accum_steps}, "
-            f"{self.rows_per_device} rows per device per micro-step"
+            f"{self.rows_per_device} rows per device per micro-step, {self.attention} attention"
         )
 
 
@@ -229,7 +232,10 @@ def memory_fit(
         )
     adapted = config_for_devices(config, devices)
     setup = state_lib.setup(adapted, devices=available[:devices])
-    hand = dry_run.hand_count(adapted, setup, dry_run.abstract_batch(adapted, setup))
+    # The CPU devices only lay out the shardings: attention is counted as the target runs it.
+    attention = dry_run.attention_run(adapted, setup, platform=hardware.platform)
+    batch = dry_run.abstract_batch(adapted, setup)
+    hand = dry_run.hand_count(adapted, setup, batch, attention=attention)
     mesh = dict(setup.mesh.shape)
     accum = adapted.train.grad_accum_steps
     return MemoryFit(
@@ -240,6 +246,7 @@ def memory_fit(
         hand_count=hand,
         memory_bytes=hardware.memory_bytes,
         largest_term=dry_run.largest_term(hand),
+        attention=attention,
     )
 
 

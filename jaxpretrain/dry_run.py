@@ -473,9 +473,18 @@ def hand_count(
       pass's row sums, for each of the two calls prefix rows take; cuDNN: its statistics plus
       the dense [b, seq, seq] mask as a bias in the compute dtype), for the attention the step
       runs (`attention_run`);
-    - `logits`: float32 [b, seq, vocab] logits, their softmax and their gradient (3 copies).
+    - `layer_backward`: under a fused kernel, what else the layer being differentiated holds:
+      its intermediates (those of `none` without the attention probabilities: norms, q, k, v,
+      attention output, MLP gate, up and hidden) and a gradient of each, counted twice over as
+      the TPU compiler's float32 elementwise work measured (docs/parallelism.md: `clm_7b` with
+      splash on v5p-16 needs 79.5 GiB besides state, gradients and saved layer inputs at 32 rows
+      per device, 15.2 at 4). Under the XLA path the four score copies cover it (measured:
+      0.77-1.21x with it left out) and it is 0;
+    - `logits`: float32 [b, seq, vocab] logits, their softmax and their gradient (3 copies),
+      for `model.logits_chunk_length` positions at a time when it is set.
     The logits are freed before the layers' backward pass starts, so `total` counts the larger
-    of `attention_scores` and `logits`, not both. Pipeline buffers are not counted.
+    of `attention_scores` + `layer_backward` and `logits`, not both. Pipeline buffers are not
+    counted.
     """
     model_cfg, mesh = setup.model_config, dict(setup.mesh.shape)
     state = setup.layout.abstract_state
@@ -496,10 +505,13 @@ def hand_count(
     per_token = {"full": d * c}  # saved per layer per token, bytes
     per_token["dots_no_batch"] = per_token["full"] + ((q + 2 * kv) * hd + d + 2 * f) * c
     # XLA's float32 score row is a dot's output; a kernel's output is no dot.
-    per_token["dots"] = per_token["dots_no_batch"] + (0 if fused else q * seq * 4) + q * hd * c
+    score_row = 0 if fused else q * seq * 4
+    per_token["dots"] = per_token["dots_no_batch"] + score_row + q * hd * c
     # Everything saved: XLA's probabilities, or the kernel's float32 log-sum-exp.
     probabilities = q * 4 if fused else q * seq * 4
     per_token["none"] = per_token["dots"] + probabilities + (2 * d) * 4 + f * c
+    # One layer's intermediates as a kernel leaves them (XLA's scores are in `scores`).
+    layer_intermediates = per_token["none"] - score_row - probabilities + q * 4
     scores = {
         "xla": b * (4 * q * seq * seq * 4 + seq * seq),
         # Two calls for rows with a bidirectional prefix, each with its statistics.
@@ -514,8 +526,10 @@ def hand_count(
         "batch": shard_bytes(batch),
         "saved_activations": layers * b * seq * per_token[model_cfg.remat_policy],
         "attention_scores": scores,
-        "logits": 3 * b * seq * vocab * 4,
+        "layer_backward": 2 * 2 * b * seq * layer_intermediates if fused else 0,
+        "logits": 3 * b * (model_cfg.logits_chunk_length or seq) * vocab * 4,
     }
     scalars = whole_state - params - optimizer  # step, rng, anomaly state
-    transient = min(parts["attention_scores"], parts["logits"])  # not live at the same time
+    layer = parts["attention_scores"] + parts["layer_backward"]
+    transient = min(layer, parts["logits"])  # not live at the same time
     return {**parts, "state": whole_state, "total": sum(parts.values()) - transient + scalars}

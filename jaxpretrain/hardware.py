@@ -47,6 +47,11 @@ class Hardware:
     largest_slice: int = 0
     cores_per_chip: int = 1
 
+    @property
+    def platform(self) -> str:
+        """JAX's platform name for these devices: "tpu" or "gpu"."""
+        return "tpu" if self.tpu else "gpu"
+
     def slice_name(self, devices: int) -> str:
         """How the vendor names `devices` of these: `v5p-128` (64 chips), `16 GPUs (2 nodes)`."""
         if self.tpu:

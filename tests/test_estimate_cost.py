@@ -81,6 +81,33 @@ def test_memory_of_clm_125m_on_8_devices_is_the_dry_runs_hand_count():
     assert fit.fits and fit.memory_bytes == 80 * GIB
 
 
+def test_memory_counts_the_attention_the_target_hardware_runs():
+    """The CPU devices only lay out shardings: a GPU estimate counts cuDNN's statistics and
+    bfloat16 mask, a TPU one splash's, not the XLA path's float32 scores this CPU would run."""
+    config = load_config("clm_125m")  # bfloat16 compute, attention auto, 1024 tokens
+    rows, heads, seq = 64, 12, 1024  # per device on 8, as above
+    on_gpu = cost.memory_fit(config, hardware.get("h100"), 8)
+    assert on_gpu.attention == "cudnn" and "cudnn attention" in on_gpu.describe()
+    assert on_gpu.hand_count["attention_scores"] == rows * (heads * seq * 4 + seq * seq * 2)
+    on_tpu = cost.memory_fit(config, hardware.get("v5p"), 8)
+    assert on_tpu.attention == "splash"
+    assert on_tpu.hand_count["attention_scores"] == rows * 2 * 2 * heads * seq * 4
+    # Where the kernel cannot run, the XLA path's scores are counted, as the step would run.
+    config.model.dtype = "float32"
+    on_gpu = cost.memory_fit(config, hardware.get("h100"), 8)
+    assert on_gpu.attention == "xla"
+    assert on_gpu.hand_count["attention_scores"] == rows * (4 * heads * seq * seq * 4 + seq * seq)
+
+
+def test_a_kernel_s_layer_backward_is_counted():
+    """clm_7b with splash on 8 v5p chips: libtpu's program needs 124.66 GiB a chip
+    (docs/parallelism.md). Counting only the kernel's softmax statistics for the layer being
+    differentiated said 94.58 GiB, a fit."""
+    fit = cost.memory_fit(load_config("clm_7b"), hardware.get("v5p"), 8)
+    assert fit.attention == "splash" and not fit.fits
+    assert 0.77 < 124.66 / (fit.total_bytes / GIB) < 1.21
+
+
 def test_smallest_fit_is_the_first_device_count_whose_memory_fits():
     config = load_config("clm_125m")  # data=-1: rows per device = 512 / devices
     fit, tried = cost.search_fit(config, hardware.get("h100"), max_devices=8)
