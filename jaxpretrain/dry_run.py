@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -63,6 +64,18 @@ _COLLECTIVE_RE = re.compile(
     r"= (?P<shape>.+?) (?P<kind>all-gather|all-reduce|reduce-scatter|all-to-all|"
     r"collective-permute)(?P<phase>-start|-done)?\("
 )
+# Computation headers ("%name (params) -> type {", "ENTRY %name ..."), the computations a line
+# calls, a while loop's body and its trip count (compiled HLO text).
+_COMPUTATION_RE = re.compile(r"^(?P<entry>ENTRY )?%(?P<name>[^\s(]+) .*\{\s*$")
+_CALLS_RE = re.compile(
+    r"\b(?:calls|to_apply|body|condition|true_computation|false_computation|"
+    r"branch_computations|called_computations)=(\{[^}]*\}|%[\w.\-]+)"
+)
+_WHILE_RE = re.compile(r" while\(.*\bcondition=%(?P<condition>[\w.\-]+), body=%(?P<body>[\w.\-]+)")
+_TRIP_COUNT_RE = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+# A loop condition `counter < N` (how jax lowers scan and fori_loop, counting from 0).
+_INT_CONSTANT_RE = re.compile(r"%([\w.\-]+) = s32\[\]\S* constant\((\d+)\)")
+_LESS_THAN_RE = re.compile(r"ROOT .* compare\(%[\w.\-]+, %([\w.\-]+)\), direction=LT")
 # Array types: pred, bf16, s32, u8, f32, c64, f8e4m3fn, f8e5m2fnuz, ...
 _ARRAY_RE = re.compile(
     r"\b(?P<dtype>pred|bf16|[subfc]\d+(?:e\d+m\d+(?:b\d+)?(?:fnuz|fnu|fn)?)?)"
@@ -152,7 +165,7 @@ class DryRunReport:
             if value >= 2**10  # scalars (loss sums, counts) are noise here
         )
         if results:
-            lines.append(f"collective results (a loop body counted once): {results}")
+            lines.append(f"collective results per step: {results}")
         verdicts = [f"{name} {'fits' if ok else 'NO'}" for name, ok in self.fits.items()]
         lines.append("fits: " + ", ".join(verdicts))
         if not all(self.fits.values()):
@@ -254,27 +267,79 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> DryRunReport:
 
 
 def collective_bytes(hlo_text: str) -> dict[str, int]:
-    """Bytes of the results of a compiled program's collectives, summed by "kind dtype",
-    largest first (e.g. {"all-gather bf16": ..., "all-reduce f32": ...}).
+    """Bytes of the results of a compiled program's collectives in one run of it (one train
+    step), summed by "kind dtype", largest first (e.g. {"all-gather bf16": ..., ...}).
 
     The size of each result, not the traffic on the wire (an all-reduce sends about twice its
     result): what answers which dtype FSDP gathers weights and reduces gradients in. Combined
-    collectives (one op over a tuple of arrays) count every array under its own dtype. A loop
-    body (the scanned layers, the micro-steps) is one text, so its collectives count once. The
-    CPU compiler widens bfloat16 collectives to float32 after partitioning, so on CPU devices
-    every float collective reads f32; the TPU compiler keeps bfloat16
+    collectives (one op over a tuple of arrays) count every array under its own dtype. A
+    collective inside a loop body (the scanned layers, the micro-steps) counts once per
+    iteration, by the trip count the compiler annotates (`known_trip_count`; a loop without one
+    counts once). The CPU compiler widens bfloat16 collectives to float32 after partitioning, so
+    on CPU devices every float collective reads f32; the TPU compiler keeps bfloat16
     (tests/test_dry_run.py), and `tools/gpu_bench.sh` asks the GPU compiler.
     """
+    runs = _computation_runs(hlo_text)
     totals: collections.Counter[str] = collections.Counter()
+    computation = None
     for line in hlo_text.splitlines():
+        header = _COMPUTATION_RE.match(line)
+        if header:
+            computation = header["name"]
+            continue
         match = _COLLECTIVE_RE.search(line)
         if match is None or match["phase"] == "-start":
             continue
         for array in _ARRAY_RE.finditer(match["shape"]):
             elements = math.prod(int(d) for d in array["dims"].split(",") if d)
             dtype = array["dtype"]
-            totals[f"{match['kind']} {dtype}"] += -(-elements * _dtype_bits(dtype) // 8)
+            size = -(-elements * _dtype_bits(dtype) // 8)
+            totals[f"{match['kind']} {dtype}"] += size * runs.get(computation, 1)
     return dict(totals.most_common())
+
+
+def _computation_runs(hlo_text: str) -> dict[str, int]:
+    """How many times each computation of an HLO module runs per run of its entry: a while
+    loop's body its trip count times its caller's runs, anything else called (fusions, calls,
+    conditional branches, reducers) its caller's runs, summed over callers. The trip count is
+    the compiler's `known_trip_count` (the CPU and GPU compilers annotate it), else the bound
+    of a `counter < N` condition (the TPU compiler's programs), else 1."""
+    callees: dict[str, list[tuple[str, int | str]]] = collections.defaultdict(list)
+    constants: dict[str, int] = {}
+    bounds: dict[str, int] = {}  # condition computation -> N of its `counter < N`
+    entry, computation = None, None
+    for line in hlo_text.splitlines():
+        header = _COMPUTATION_RE.match(line)
+        if header:
+            computation = header["name"]
+            if header["entry"]:
+                entry = computation
+            continue
+        if computation is None:
+            continue
+        if constant := _INT_CONSTANT_RE.search(line):
+            constants[constant[1]] = int(constant[2])
+        if (less_than := _LESS_THAN_RE.search(line)) and less_than[1] in constants:
+            bounds[computation] = constants[less_than[1]]
+        loop = _WHILE_RE.search(line)
+        trip = _TRIP_COUNT_RE.search(line)
+        called = (re.findall(r"%([\w.\-]+)", group) for group in _CALLS_RE.findall(line))
+        for callee in itertools.chain.from_iterable(called):
+            times: int | str = 1
+            if loop and callee == loop["body"]:
+                # Conditions are parsed later than the loops calling them: resolve then.
+                times = int(trip[1]) if trip else loop["condition"]
+            callees[computation].append((callee, times))
+    runs: collections.Counter[str] = collections.Counter()
+
+    def visit(name: str, times: int) -> None:  # HLO call graphs are acyclic
+        runs[name] += times
+        for callee, factor in callees.get(name, ()):
+            visit(callee, times * (bounds.get(factor, 1) if isinstance(factor, str) else factor))
+
+    if entry is not None:
+        visit(entry, 1)
+    return dict(runs)
 
 
 def custom_calls(hlo_text: str) -> dict[str, int]:

@@ -220,6 +220,63 @@ def test_collective_bytes_counts_results_of_async_combined_and_fp8_collectives()
     assert dry_run.collective_bytes(four_bit) == {"all-gather s4": 5}
 
 
+LOOPS_HLO = """
+HloModule train_step
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %sum = f32[] add(f32[] %x, f32[] %y)
+}
+
+%layer_body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %gathered = f32[64]{0} all-gather(f32[8]{0} %w), dimensions={0}
+  %fusion.1 = f32[64]{0} fusion(f32[64]{0} %gathered), kind=kLoop, calls=%fused_layer
+}
+
+%fused_layer (param_0: f32[64]) -> f32[64] {
+  ROOT %neg = f32[64]{0} negate(f32[64]{0} %param_0)
+}
+
+%micro_body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %layers = (s32[], f32[8]) while((s32[], f32[8]) %t), condition=%cond, body=%layer_body, backend_config={"known_trip_count":{"n":"12"}}
+  %reduced = f32[100]{0} all-reduce(f32[100]{0} %g), to_apply=%add
+}
+
+%unknown_body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %once = f32[5]{0} all-gather(f32[1]{0} %z), dimensions={0}
+}
+
+%tpu_body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %thrice = bf16[7]{0:T(128)} all-gather(bf16[1]{0:T(128)} %v), dimensions={0}
+}
+
+ENTRY %main (a: f32[8]) -> f32[8] {
+  %steps = (s32[], f32[8]) while((s32[], f32[8]) %t0), condition=%cond, body=%micro_body, backend_config={"known_trip_count":{"n":"4"}}
+  %embedding = f32[10]{0} all-reduce(f32[10]{0} %x), to_apply=%add
+  %other = (s32[], f32[8]) while((s32[], f32[8]) %t1), condition=%cond, body=%unknown_body
+  %tpu_loop = (s32[]{:T(128)}, f32[8]) while(%t2), condition=%tpu_cond, body=%tpu_body
+}
+
+%tpu_cond (param: (s32[], f32[8])) -> pred[] {
+  %constant.7 = s32[]{:T(128)} constant(3)
+  %counter = s32[]{:T(128)} get-tuple-element(%param), index=0
+  ROOT %lt.1 = pred[]{:T(512)} compare(%counter, %constant.7), direction=LT
+}
+"""  # noqa: E501 (compiled HLO lines as XLA prints them)
+
+
+def test_collectives_in_loops_count_once_per_iteration():
+    """Per train step: a scanned layer's gather once per layer per micro-step, a micro-step's
+    reduction once per micro-step, by the compiler's trip counts or (TPU programs, which have
+    none) the `counter < N` bound of the loop's condition; an unknown loop once."""
+    assert dry_run.collective_bytes(LOOPS_HLO) == {
+        "all-gather f32": 64 * 4 * 12 * 4 + 5 * 4,
+        "all-reduce f32": 100 * 4 * 4 + 10 * 4,
+        "all-gather bf16": 7 * 2 * 3,
+    }
+
+
 def test_fsdp_gathers_weights_and_data_parallel_only_reduces_gradients(tmp_path):
     """FSDP's per-step all-gathers are the sharded weights; a data-parallel mesh has none."""
     config = tiny_config()
@@ -229,9 +286,11 @@ def test_fsdp_gathers_weights_and_data_parallel_only_reduces_gradients(tmp_path)
     assert fsdp.mesh["fsdp"] == 8 and replicated.mesh["data"] == 8
     assert fsdp.collectives["all-gather f32"] > 0 and "all-gather f32" in fsdp.table()
     assert replicated.collectives.get("all-gather f32", 0) < 2**10
-    # Gradients are all-reduced over the data axis: the embedding's (outside the layer loop,
-    # whose body counts once) at least.
-    assert replicated.collectives["all-reduce f32"] >= 4 * 512 * 64
+    # Per step every float32 weight is gathered at least once under FSDP, and every gradient is
+    # all-reduced over the data axis at least once (the layers' inside the layer loop).
+    weight_bytes = 4 * fsdp.parameters
+    assert fsdp.collectives["all-gather f32"] >= weight_bytes
+    assert replicated.collectives["all-reduce f32"] >= weight_bytes
 
 
 @pytest.mark.slow
