@@ -35,6 +35,26 @@ from jaxpretrain import paths
 _FILES_RECORD = "files.json"
 
 
+def params_only(abstract_state: Any) -> Any:
+    """A restore target for readers of the parameters (evaluation, export, sampling, a
+    scorer): the optimizer state (`opt_state`, Adam's two moments: twice the parameters in
+    float32) is left unread, and comes back as placeholders."""
+    return {
+        **abstract_state,
+        "opt_state": jax.tree.map(lambda _: ocp.PLACEHOLDER, abstract_state["opt_state"]),
+    }
+
+
+def _state_restore(abstract_state: Any) -> ocp.args.CheckpointArgs:
+    """Orbax's restore of the `state` item onto `abstract_state`'s shardings; leaves that are
+    `ocp.PLACEHOLDER` (`params_only`) are not read."""
+    if not any(leaf is ocp.PLACEHOLDER for leaf in jax.tree.leaves(abstract_state)):
+        return ocp.args.StandardRestore(abstract_state)
+    return ocp.args.PyTreeRestore(
+        abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)
+    )
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be saved or restored; the message says which and what to do."""
 
@@ -157,8 +177,7 @@ class Checkpointer:
                 restored = self._manager.restore(
                     step,
                     args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state),
-                        data=ocp.args.JsonRestore(),
+                        state=_state_restore(abstract_state), data=ocp.args.JsonRestore()
                     ),
                 )
             except Exception as error:  # noqa: BLE001

@@ -158,7 +158,7 @@ def restore(
                 "of those."
             )
         restored = checkpointer.restore(
-            setup.layout.abstract_state,
+            checkpoint.params_only(setup.layout.abstract_state),
             check_run=functools.partial(
                 recovery.check_same_model, config, str(checkpointer.directory)
             ),
@@ -168,7 +168,6 @@ def restore(
         checkpointer.close()
     if restored is None:
         raise FileNotFoundError(f"{checkpointer.directory} holds no checkpoint; train first.")
-    # The optimizer state was restored too (Checkpointer restores whole states); drop it now.
     return RestoredRun(config, tokenizer, setup, restored.step, restored.state["params"])
 
 

@@ -440,7 +440,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     checkpointer = exp.checkpointer(workdir, read_only=True)
     try:
         restored = checkpointer.restore(
-            exp.layout.abstract_state,
+            checkpoint.params_only(exp.layout.abstract_state),
             check_run=functools.partial(
                 recovery.check_same_model, config, str(checkpointer.directory)
             ),

@@ -10,6 +10,7 @@ import uuid
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxpretrain import checkpoint
@@ -143,6 +144,26 @@ def test_check_run_refuses_before_any_array_is_read(tmp_path):
     with pytest.raises(ValueError, match="another model: {'records': 1}"):
         restore(directory, check_run=refuse)
     assert os.listdir(directory) == ["1"]
+
+
+def test_a_parameters_reader_leaves_the_optimizer_state_unread(tmp_path):
+    """Evaluation, export and sampling restore `params_only`: the parameters as saved, and no
+    array of the optimizer state (Adam's moments: twice the parameters) is read into memory."""
+    params = {"w": jnp.full((64, 64), 2.0), "b": jnp.arange(64.0)}
+    state = {"params": params, "opt_state": optax.adam(1e-3).init(params), "step": jnp.int32(7)}
+    writer = checkpoint.Checkpointer(str(tmp_path), max_to_keep=2, use_async=False)
+    writer.save(7, state, {"position": 7}, {"records": 7})
+    writer.close()
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+    )
+    reader = checkpoint.Checkpointer(str(tmp_path), max_to_keep=2, read_only=True)
+    restored = reader.restore(checkpoint.params_only(abstract))
+    reader.close()
+    assert restored.step == 7 and int(restored.state["step"]) == 7
+    jax.tree.map(np.testing.assert_array_equal, restored.state["params"], params)
+    unread = jax.tree.leaves(restored.state["opt_state"])
+    assert unread and not any(isinstance(leaf, jax.Array) for leaf in unread)
 
 
 def test_rollback_restores_the_newest_checkpoint_before_a_step_and_discards_later_ones(tmp_path):

@@ -33,7 +33,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxpretrain import cli, objectives, steps, train
+from jaxpretrain import checkpoint, cli, objectives, steps, train
 from jaxpretrain import config as config_lib
 from jaxpretrain.curate import prepare
 from jaxpretrain.data import pipeline
@@ -181,7 +181,7 @@ def summarize_metrics(records: list[dict]) -> dict[str, float | None]:
 def restore_params(exp: train.Experiment, workdir: str, step: int):
     """The parameters of `workdir`'s checkpoint at `step`, laid out as `exp` lays them."""
     checkpointer = exp.checkpointer(workdir, read_only=True)
-    restored = checkpointer.restore(exp.layout.abstract_state)
+    restored = checkpointer.restore(checkpoint.params_only(exp.layout.abstract_state))
     checkpointer.close()
     if restored is None or restored.step != step:
         raise FileNotFoundError(f"{workdir} has no checkpoint at step {step}; rerun to train it.")

@@ -155,7 +155,7 @@ def _load_scorer_cached(workdir: str, max_tokens: int, batch_size: int) -> Langu
         checkpoint_dir, max_to_keep=1, use_async=False, read_only=True
     )
     try:
-        restored = checkpointer.restore(layout.abstract_state)
+        restored = checkpointer.restore(checkpoint.params_only(layout.abstract_state))
     finally:
         checkpointer.close()
     if restored is None:
