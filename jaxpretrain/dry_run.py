@@ -372,7 +372,10 @@ def abstract_batch(
 def largest_term(hand: dict[str, int]) -> str:
     """The largest part of a `hand_count` total, e.g. "saved_activations (12.00 GiB of 20.50)"."""
     parts = {key: value for key, value in hand.items() if key not in ("state", "total")}
-    del parts[min(("attention_scores", "logits"), key=parts.get)]  # not in the total
+    layer = parts["attention_scores"] + parts["layer_backward"]
+    transient = ("attention_scores", "layer_backward") if layer <= parts["logits"] else ("logits",)
+    for key in transient:  # not in the total (hand_count)
+        del parts[key]
     largest = max(parts, key=parts.get)
     return f"{largest} ({parts[largest] / GIB:,.2f} GiB of {hand['total'] / GIB:,.2f})"
 
@@ -539,17 +542,18 @@ def hand_count(
       the dense [b, seq, seq] mask as a bias in the compute dtype), for the attention the step
       runs (`attention_run`);
     - `layer_backward`: under a fused kernel, what else the layer being differentiated holds:
-      its intermediates (those of `none` without the attention probabilities: norms, q, k, v,
-      attention output, MLP gate, up and hidden) and a gradient of each, counted twice over as
-      the TPU compiler's float32 elementwise work measured (docs/parallelism.md: `clm_7b` with
-      splash on v5p-16 needs 79.5 GiB besides state, gradients and saved layer inputs at 32 rows
-      per device, 15.2 at 4). Under the XLA path the four score copies cover it (measured:
-      0.77-1.21x with it left out) and it is 0;
+      its intermediates (what `none` saves: input, norms, q, k, v, attention output, the
+      kernel's log-sum-exp, MLP gate, up and hidden) and a gradient of each, less what
+      `saved_activations` holds for the layer already, counted twice over as the TPU compiler's
+      float32 elementwise work measured (docs/parallelism.md: `clm_7b`, remat `full`, with
+      splash on v5p-16 needs 77.0 GiB besides state, gradients, batch and saved layer inputs at
+      32 rows per device, 15.2 at 4). Under the XLA path the four score copies cover it
+      (measured: 0.77-1.21x with it left out) and it is 0;
     - `logits`: float32 [b, seq, vocab] logits, their softmax and their gradient (3 copies),
       for `model.logits_chunk_length` positions at a time when it is set.
     The logits are freed before the layers' backward pass starts, so `total` counts the larger
-    of `attention_scores` + `layer_backward` and `logits`, not both. Pipeline buffers are not
-    counted.
+    of `attention_scores` + `layer_backward` and `logits`, not both. Under a pipeline these two
+    are for a microbatch's rows (b / `mesh.microbatches`); pipeline buffers are not counted.
     """
     model_cfg, mesh = setup.model_config, dict(setup.mesh.shape)
     state = setup.layout.abstract_state
@@ -575,13 +579,20 @@ def hand_count(
     # Everything saved: XLA's probabilities, or the kernel's float32 log-sum-exp.
     probabilities = q * 4 if fused else q * seq * 4
     per_token["none"] = per_token["dots"] + probabilities + (2 * d) * 4 + f * c
-    # One layer's intermediates as a kernel leaves them (XLA's scores are in `scores`).
-    layer_intermediates = per_token["none"] - score_row - probabilities + q * 4
+    # Per pipeline stage the layers see one microbatch at a time.
+    layer_rows = b // model_cfg.pipeline_microbatches
+    if fused:
+        # The layer's intermediates (as `none` keeps them) and a gradient of each, less what
+        # `saved_activations` holds for it already, in float32 (hence 2x; docstring).
+        saved = per_token[model_cfg.remat_policy] - per_token["full"]
+        layer_backward = 2 * layer_rows * seq * (2 * per_token["none"] - saved)
+    else:
+        layer_backward = 0
     scores = {
-        "xla": b * (4 * q * seq * seq * 4 + seq * seq),
+        "xla": layer_rows * (4 * q * seq * seq * 4 + seq * seq),
         # Two calls for rows with a bidirectional prefix, each with its statistics.
-        "splash": b * 2 * 2 * q * seq * 4,
-        "cudnn": b * (q * seq * 4 + seq * seq * c),
+        "splash": layer_rows * 2 * 2 * q * seq * 4,
+        "cudnn": layer_rows * (q * seq * 4 + seq * seq * c),
     }[attention]
     grads = params * (2 if config.train.grad_accum_steps > 1 else 1)
     parts = {
@@ -591,8 +602,8 @@ def hand_count(
         "batch": shard_bytes(batch),
         "saved_activations": layers * b * seq * per_token[model_cfg.remat_policy],
         "attention_scores": scores,
-        "layer_backward": 2 * 2 * b * seq * layer_intermediates if fused else 0,
-        "logits": 3 * b * (model_cfg.logits_chunk_length or seq) * vocab * 4,
+        "layer_backward": layer_backward,
+        "logits": 3 * b * min(model_cfg.logits_chunk_length or seq, seq) * vocab * 4,
     }
     scalars = whole_state - params - optimizer  # step, rng, anomaly state
     layer = parts["attention_scores"] + parts["layer_backward"]

@@ -99,6 +99,31 @@ def test_memory_counts_the_attention_the_target_hardware_runs():
     assert on_gpu.hand_count["attention_scores"] == rows * (4 * heads * seq * seq * 4 + seq * seq)
 
 
+def test_layer_terms_count_a_microbatch_and_logits_a_chunk():
+    """Pipeline stages run their layers a microbatch at a time; chunked logits a chunk of
+    positions at a time, and a chunk as long as the rows or longer is the whole rows."""
+    config = load_config("clm_125m")  # 64 rows of 1024 per device on 8, 12 heads, vocab 32000
+    config.mesh.update(data=2, pipe=4, microbatches=4)  # 512 / 2 = 256 rows, 64 a microbatch
+    fit = cost.memory_fit(config, hardware.get("v5p"), 8)
+    assert fit.hand_count["attention_scores"] == 64 * 2 * 2 * 12 * 1024 * 4  # splash, 64 rows
+    assert fit.hand_count["logits"] == 3 * 256 * 1024 * 32000 * 4
+    config = load_config("clm_125m")
+    for chunk, positions in ((256, 256), (1024, 1024), (4096, 1024)):
+        config.model.logits_chunk_length = chunk
+        hand = cost.memory_fit(config, hardware.get("h100"), 8).hand_count
+        assert hand["logits"] == 3 * 64 * positions * 32000 * 4, chunk
+
+
+def test_the_largest_term_is_one_the_total_counts():
+    gib = 2**30
+    hand = {"params": 1, "attention_scores": 2, "layer_backward": 10, "logits": 11}
+    hand = {key: value * gib for key, value in hand.items()}
+    hand.update(state=gib, total=13 * gib)  # params + scores + layer_backward: logits are not in
+    assert dry_run.largest_term(hand).startswith("layer_backward (10.00 GiB of 13.00)")
+    hand.update(layer_backward=5 * gib, total=12 * gib)  # params + logits
+    assert dry_run.largest_term(hand).startswith("logits (11.00 GiB of 12.00)")
+
+
 def test_a_kernel_s_layer_backward_is_counted():
     """clm_7b with splash on 8 v5p chips: libtpu's program needs 124.66 GiB a chip
     (docs/parallelism.md). Counting only the kernel's softmax statistics for the layer being

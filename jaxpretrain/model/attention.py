@@ -1,6 +1,7 @@
-"""Attention for packed rows: rotary position embedding, the segment/prefix mask, and GQA.
+"""Attention for packed rows: rotary position embedding and grouped-query attention.
 
-The attention computation itself runs where `model.attention` says (attention_impls.py).
+The mask (`attention_impls.attention_mask`) and the attention computation itself, run where
+`model.attention` says, are in attention_impls.py.
 
 Shape suffixes: B batch, L length (queries), S length (keys), D embed, N query heads,
 K key/value heads, H head_dim.

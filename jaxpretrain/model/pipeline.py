@@ -20,7 +20,8 @@ parameters keep their natural layer order so checkpoints do not depend on the pi
 The per-microbatch activations between passes live in one buffer `io_MbLD`: stage 0 reads
 microbatch m from it and the last stage writes m back, which the circular schedule reads again M
 iterations later (hence M >= S there). The features that shape attention (segment ids,
-positions, bidirectional) travel by microbatch index, so every objective's masks hold per stage.
+positions, bidirectional) travel by microbatch index, so every objective's masks hold per stage;
+the attention kernels' variant is picked from the whole batch, outside the vmap over stages.
 
 Shape suffixes: S stages, R repeats, P layers per group, M microbatches, b microbatch rows,
 L length, D embed.
