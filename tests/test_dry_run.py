@@ -330,6 +330,21 @@ def test_topology_compiles_the_tpu_attention_kernel_auto_picks(
     assert f"attention        {report.attention}" in report.table()
 
 
+def test_topology_pipeline_moves_no_activation_buffer_over_the_batch_shards(tmp_path):
+    """libtpu, data=4 x pipe=2, 4 microbatches: the pipeline's microbatch buffer stays split
+    over the batch shards. Indexing it by iteration made the TPU partitioner all-gather the
+    whole buffer every iteration: 2,621,440 B a step here; now only the embedding is gathered
+    (for the output layer), under one buffer's bytes."""
+    pytest.importorskip("libtpu")
+    config = tiny_config(batch_size=32, seq_len=128)
+    config.model.dtype = "bfloat16"
+    config.mesh.update(data=4, pipe=2, microbatches=4)
+    config.dry_run.topology = "v5e-8"
+    report = dry_run.dry_run(config, str(tmp_path))
+    buffer_bytes = 4 * 8 * 128 * 64 * 2  # [microbatches, rows, length, embed] bf16, all rows
+    assert report.collectives.get("all-gather bf16", 0) < buffer_bytes, report.collectives
+
+
 def test_custom_calls_are_counted_by_target():
     hlo = """
   %a = f32[8]{0} custom-call(f32[8]{0} %x), custom_call_target="tpu_custom_call", api_version=1

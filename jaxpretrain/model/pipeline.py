@@ -17,8 +17,9 @@ non-adjacent blocks, which shrinks the bubble from (S-1)/(M+S-1) to (S-1)/(R*M+S
 of R x more stage-to-stage transfers (and, here, one re-layout of the layer weights per step: the
 parameters keep their natural layer order so checkpoints do not depend on the pipeline).
 
-The per-microbatch activations between passes live in one buffer `io_MbLD`: stage 0 reads
-microbatch m from it and the last stage writes m back, which the circular schedule reads again M
+The per-microbatch activations between passes live in one buffer `io_MbLD`, which turns by one
+microbatch each iteration: stage 0 reads microbatch t mod M from slot 0 and the last stage
+writes its finished microbatch back to a fixed slot, which the circular schedule reads again M
 iterations later (hence M >= S there). The features that shape attention (segment ids,
 positions, bidirectional) travel by microbatch index, so every objective's masks hold per stage;
 the attention kernels' variant is picked from the whole batch, outside the vmap over stages.
@@ -90,9 +91,8 @@ def apply_pipeline(
             f"use a batch size divisible by {microbatches}."
         )
     weights_SRP = _stage_weights(stacked_state, cfg)
-    io_MbLD = mesh_lib.constrain(
-        mesh_lib.split_batch(x_BLD, microbatches), (None, "batch", "length", "embed")
-    )
+    io_logical = (None, "batch", "length", "embed")
+    io_MbLD = mesh_lib.constrain(mesh_lib.split_batch(x_BLD, microbatches), io_logical)
     segment_ids_MbL = mesh_lib.split_batch(segment_ids_BL, microbatches)
     positions_MbL = mesh_lib.split_batch(positions_BL, microbatches)
     bidirectional_MbL = mesh_lib.split_batch(bidirectional_BL, microbatches)
@@ -112,12 +112,18 @@ def apply_pipeline(
     stage_index_S = jnp.arange(stages)
     state_logical = ("stage", "batch", "length", "embed")
 
+    # The buffer turns by one microbatch an iteration (a local copy along the unsplit M axis), so
+    # stage 0 always reads slot 0 and the last stage always writes slot `write_slot`: static
+    # slices. Indexing it by iteration instead made the partitioner gather the whole buffer over
+    # the batch shards every iteration (seen in libtpu's program).
+    write_slot = (1 - stages) % microbatches
+
     def iteration(carry, t):
         state_SbLD, io_MbLD = carry
         virtual_S = t - stage_index_S
         micro_S = jnp.mod(virtual_S, microbatches)
         repeat_S = jnp.clip(virtual_S // microbatches, 0, repeats - 1)
-        state_SbLD = state_SbLD.at[0].set(io_MbLD[jnp.mod(t, microbatches)])
+        state_SbLD = state_SbLD.at[0].set(io_MbLD[0])  # microbatch t mod M
         state_SbLD = mesh_lib.constrain(state_SbLD, state_logical)
         out_SbLD = run_stages(
             weights_SRP,
@@ -128,12 +134,13 @@ def apply_pipeline(
             bidirectional_MbL[micro_S],
         )
         out_SbLD = mesh_lib.constrain(out_SbLD, state_logical)
-        # The last stage's finished microbatch goes back to the buffer (stage 0 of the next
-        # repeat, or the output); before the pipeline has filled it holds nothing to keep.
-        last_virtual = t - (stages - 1)
-        last_micro = jnp.mod(last_virtual, microbatches)
-        keep = jnp.where(last_virtual >= 0, out_SbLD[stages - 1], io_MbLD[last_micro])
-        io_MbLD = io_MbLD.at[last_micro].set(keep)
+        # The last stage's finished microbatch, (t - S + 1) mod M, goes back to the buffer
+        # (stage 0 of the next repeat, or the output); before the pipeline has filled it holds
+        # nothing to keep.
+        finished = t >= stages - 1
+        keep = jnp.where(finished, out_SbLD[stages - 1], io_MbLD[write_slot])
+        io_MbLD = jnp.roll(io_MbLD.at[write_slot].set(keep), -1, axis=0)
+        io_MbLD = mesh_lib.constrain(io_MbLD, io_logical)
         # Stage s's output is stage s+1's input; slot 0 is overwritten at the next iteration.
         return (jnp.roll(out_SbLD, 1, axis=0), io_MbLD), None
 
@@ -142,4 +149,6 @@ def apply_pipeline(
     (_, io_MbLD), _ = jax.lax.scan(
         iteration, (state_SbLD, io_MbLD), jnp.arange(iterations, dtype=jnp.int32)
     )
+    # Undo the buffer's turns: slot 0 holds microbatch `iterations` mod M.
+    io_MbLD = jnp.roll(io_MbLD, iterations % microbatches, axis=0)
     return mesh_lib.merge_batch(io_MbLD)
