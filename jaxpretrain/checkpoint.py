@@ -38,7 +38,9 @@ _FILES_RECORD = "files.json"
 def params_only(abstract_state: Any) -> Any:
     """A restore target for readers of the parameters (evaluation, export, sampling, a
     scorer): the optimizer state (`opt_state`, Adam's two moments: twice the parameters in
-    float32) is left unread, and comes back as placeholders."""
+    float32) is left unread, and comes back as placeholders. For a `Checkpointer` that has not
+    saved or restored whole states (Orbax fixes an item's handler at its first use): readers
+    build their own, read-only one."""
     return {
         **abstract_state,
         "opt_state": jax.tree.map(lambda _: ocp.PLACEHOLDER, abstract_state["opt_state"]),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -75,7 +76,9 @@ _WHILE_RE = re.compile(r" while\(.*\bcondition=%(?P<condition>[\w.\-]+), body=%(
 _TRIP_COUNT_RE = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 # A loop condition `counter < N` (how jax lowers scan and fori_loop, counting from 0).
 _INT_CONSTANT_RE = re.compile(r"%([\w.\-]+) = s32\[\]\S* constant\((\d+)\)")
-_LESS_THAN_RE = re.compile(r"ROOT .* compare\(%[\w.\-]+, %([\w.\-]+)\), direction=LT")
+_LESS_THAN_RE = re.compile(
+    r"ROOT .* compare\((?:\S+ )?%[\w.\-]+, (?:\S+ )?%([\w.\-]+)\), direction=LT"
+)
 # Array types: pred, bf16, s32, u8, f32, c64, f8e4m3fn, f8e5m2fnuz, ...
 _ARRAY_RE = re.compile(
     r"\b(?P<dtype>pred|bf16|[subfc]\d+(?:e\d+m\d+(?:b\d+)?(?:fnuz|fnu|fn)?)?)"
@@ -274,37 +277,19 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
     result): what answers which dtype FSDP gathers weights and reduces gradients in. Combined
     collectives (one op over a tuple of arrays) count every array under its own dtype. A
     collective inside a loop body (the scanned layers, the micro-steps) counts once per
-    iteration, by the trip count the compiler annotates (`known_trip_count`; a loop without one
-    counts once). The CPU compiler widens bfloat16 collectives to float32 after partitioning, so
-    on CPU devices every float collective reads f32; the TPU compiler keeps bfloat16
-    (tests/test_dry_run.py), and `tools/gpu_bench.sh` asks the GPU compiler.
+    iteration: the trip count the compiler annotates (`known_trip_count`, CPU and GPU programs),
+    else the bound N of a loop condition `counter < N` (TPU programs; jax's scans and fori_loops
+    count from 0 by 1), else once. Of a conditional's branches (an attention kernel's variants)
+    only the heaviest counts, once per run. The CPU compiler widens bfloat16 collectives to
+    float32 after partitioning, so on CPU devices every float collective reads f32; the TPU
+    compiler keeps bfloat16 (tests/test_dry_run.py), and `tools/gpu_bench.sh` asks the GPU
+    compiler.
     """
-    runs = _computation_runs(hlo_text)
-    totals: collections.Counter[str] = collections.Counter()
-    computation = None
-    for line in hlo_text.splitlines():
-        header = _COMPUTATION_RE.match(line)
-        if header:
-            computation = header["name"]
-            continue
-        match = _COLLECTIVE_RE.search(line)
-        if match is None or match["phase"] == "-start":
-            continue
-        for array in _ARRAY_RE.finditer(match["shape"]):
-            elements = math.prod(int(d) for d in array["dims"].split(",") if d)
-            dtype = array["dtype"]
-            size = -(-elements * _dtype_bits(dtype) // 8)
-            totals[f"{match['kind']} {dtype}"] += size * runs.get(computation, 1)
-    return dict(totals.most_common())
-
-
-def _computation_runs(hlo_text: str) -> dict[str, int]:
-    """How many times each computation of an HLO module runs per run of its entry: a while
-    loop's body its trip count times its caller's runs, anything else called (fusions, calls,
-    conditional branches, reducers) its caller's runs, summed over callers. The trip count is
-    the compiler's `known_trip_count` (the CPU and GPU compilers annotate it), else the bound
-    of a `counter < N` condition (the TPU compiler's programs), else 1."""
-    callees: dict[str, list[tuple[str, int | str]]] = collections.defaultdict(list)
+    own: dict[str | None, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    # Per computation: (callees, times) for calls and loops, (branches, None) for conditionals.
+    calls: dict[str | None, list[tuple[list[str], int | str | None]]] = collections.defaultdict(
+        list
+    )
     constants: dict[str, int] = {}
     bounds: dict[str, int] = {}  # condition computation -> N of its `counter < N`
     entry, computation = None, None
@@ -312,34 +297,48 @@ def _computation_runs(hlo_text: str) -> dict[str, int]:
         header = _COMPUTATION_RE.match(line)
         if header:
             computation = header["name"]
-            if header["entry"]:
-                entry = computation
-            continue
-        if computation is None:
+            entry = computation if header["entry"] else entry
             continue
         if constant := _INT_CONSTANT_RE.search(line):
             constants[constant[1]] = int(constant[2])
         if (less_than := _LESS_THAN_RE.search(line)) and less_than[1] in constants:
             bounds[computation] = constants[less_than[1]]
-        loop = _WHILE_RE.search(line)
-        trip = _TRIP_COUNT_RE.search(line)
-        called = (re.findall(r"%([\w.\-]+)", group) for group in _CALLS_RE.findall(line))
+        if (match := _COLLECTIVE_RE.search(line)) and match["phase"] != "-start":
+            for array in _ARRAY_RE.finditer(match["shape"]):
+                elements = math.prod(int(d) for d in array["dims"].split(",") if d)
+                dtype = array["dtype"]
+                own[computation][f"{match['kind']} {dtype}"] += -(
+                    -elements * _dtype_bits(dtype) // 8
+                )
+        called = [re.findall(r"%([\w.\-]+)", group) for group in _CALLS_RE.findall(line)]
+        if not called:
+            continue
+        if " conditional(" in line:
+            calls[computation].append(([name for group in called for name in group], None))
+            continue
+        loop, trip = _WHILE_RE.search(line), _TRIP_COUNT_RE.search(line)
         for callee in itertools.chain.from_iterable(called):
             times: int | str = 1
             if loop and callee == loop["body"]:
-                # Conditions are parsed later than the loops calling them: resolve then.
+                # Conditions may come later in the text than the loops calling them.
                 times = int(trip[1]) if trip else loop["condition"]
-            callees[computation].append((callee, times))
-    runs: collections.Counter[str] = collections.Counter()
+            calls[computation].append(([callee], times))
 
-    def visit(name: str, times: int) -> None:  # HLO call graphs are acyclic
-        runs[name] += times
-        for callee, factor in callees.get(name, ()):
-            visit(callee, times * (bounds.get(factor, 1) if isinstance(factor, str) else factor))
+    @functools.cache
+    def total(name: str | None) -> collections.Counter[str]:  # HLO call graphs are acyclic
+        bytes_by_kind = collections.Counter(own.get(name, {}))
+        for callees, times in calls.get(name, ()):
+            if times is None:  # a conditional: one branch runs
+                heaviest = max((total(branch) for branch in callees), key=lambda c: c.total())
+                bytes_by_kind.update(heaviest)
+                continue
+            factor = bounds.get(times, 1) if isinstance(times, str) else times
+            for kind, size in total(callees[0]).items():
+                bytes_by_kind[kind] += factor * size
+        return bytes_by_kind
 
-    if entry is not None:
-        visit(entry, 1)
-    return dict(runs)
+    # A fragment without an entry computation (tests) counts every line once.
+    return dict((total(entry) if entry else total(None)).most_common())
 
 
 def custom_calls(hlo_text: str) -> dict[str, int]:
@@ -544,16 +543,17 @@ def hand_count(
     - `layer_backward`: under a fused kernel, what else the layer being differentiated holds:
       its intermediates (what `none` saves: input, norms, q, k, v, attention output, the
       kernel's log-sum-exp, MLP gate, up and hidden) and a gradient of each, less what
-      `saved_activations` holds for the layer already, counted twice over as the TPU compiler's
-      float32 elementwise work measured (docs/parallelism.md: `clm_7b`, remat `full`, with
-      splash on v5p-16 needs 77.0 GiB besides state, gradients, batch and saved layer inputs at
-      32 rows per device, 15.2 at 4). Under the XLA path the four score copies cover it
-      (measured: 0.77-1.21x with it left out) and it is 0;
+      `saved_activations` holds for the layer beyond its input, counted twice over as the TPU
+      compiler's float32 elementwise work measured (docs/parallelism.md: `clm_7b`, remat
+      `full`, with splash on v5p-16 needs 77.0 GiB besides state, gradients, batch and saved
+      layer inputs at 32 rows per device, 15.2 at 4). Under the XLA path the four score
+      copies cover it (measured: 0.77-1.21x with it left out) and it is 0;
     - `logits`: float32 [b, seq, vocab] logits, their softmax and their gradient (3 copies),
       for `model.logits_chunk_length` positions at a time when it is set.
     The logits are freed before the layers' backward pass starts, so `total` counts the larger
-    of `attention_scores` + `layer_backward` and `logits`, not both. Under a pipeline these two
-    are for a microbatch's rows (b / `mesh.microbatches`); pipeline buffers are not counted.
+    of `attention_scores` + `layer_backward` and `logits`, not both. Under a pipeline
+    `attention_scores` and `layer_backward` are for a microbatch's rows (b / `mesh.microbatches`);
+    pipeline buffers, and the residuals the bubble's iterations keep, are not counted.
     """
     model_cfg, mesh = setup.model_config, dict(setup.mesh.shape)
     state = setup.layout.abstract_state
