@@ -80,6 +80,7 @@ def forward_and_grads(cfg: ModelConfig, params, batch, mesh=None):
         (2, 1, 2, 4, True),  # GPipe
         (4, 1, 4, 2, True),  # GPipe, 4 stages
         (2, 1, 1, 4, True),  # one microbatch: the pipeline is all bubble, still exact
+        (4, 1, 2, 2, True),  # fewer microbatches than stages (GPipe allows it)
         (2, 2, 2, 4, True),  # circular, M = S
         (2, 2, 4, 2, True),  # circular, M > S: outputs wait in the buffer between passes
         (4, 2, 4, 2, True),  # circular, 4 stages
