@@ -371,12 +371,18 @@ def abstract_batch(
 def largest_term(hand: dict[str, int]) -> str:
     """The largest part of a `hand_count` total, e.g. "saved_activations (12.00 GiB of 20.50)"."""
     parts = {key: value for key, value in hand.items() if key not in ("state", "total")}
-    layer = parts["attention_scores"] + parts["layer_backward"]
-    transient = ("attention_scores", "layer_backward") if layer <= parts["logits"] else ("logits",)
-    for key in transient:  # not in the total (hand_count)
+    for key in _transient_parts(parts):  # not in the total
         del parts[key]
     largest = max(parts, key=parts.get)
     return f"{largest} ({parts[largest] / GIB:,.2f} GiB of {hand['total'] / GIB:,.2f})"
+
+
+def _transient_parts(parts: dict[str, int]) -> tuple[str, ...]:
+    """The `hand_count` parts its total leaves out: the smaller of the layer being
+    differentiated (`attention_scores` + `layer_backward`) and the `logits`, which are freed
+    before the layers' backward pass starts."""
+    layer = parts["attention_scores"] + parts["layer_backward"]
+    return ("attention_scores", "layer_backward") if layer <= parts["logits"] else ("logits",)
 
 
 def _devices(config: ml_collections.ConfigDict) -> list[jax.Device]:
@@ -606,6 +612,5 @@ def hand_count(
         "logits": 3 * b * min(model_cfg.logits_chunk_length or seq, seq) * vocab * 4,
     }
     scalars = whole_state - params - optimizer  # step, rng, anomaly state
-    layer = parts["attention_scores"] + parts["layer_backward"]
-    transient = min(layer, parts["logits"])  # not live at the same time
+    transient = sum(parts[key] for key in _transient_parts(parts))
     return {**parts, "state": whole_state, "total": sum(parts.values()) - transient + scalars}
