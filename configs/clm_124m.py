@@ -5,6 +5,10 @@ embeddings, SwiGLU MLP of 2,048: 123.6M parameters. Sized for benchmarking one H
 target: 40% MFU): 32 x 1024 tokens per step; for nanoGPT's 0.5M-token batch on one GPU add
 `--config.train.grad_accum_steps=16`.
 
+Layers unrolled (`scan_layers=False`): on an H200 (2026-11-27, docs/performance.md) the
+scanned stack ran 1.25x slower (86.9 vs 69.6 ms a step) and held 33.2 vs 23.7 GiB, its
+per-layer residuals copied in and out of stacked buffers; unrolled it compiles in 14 s, not 12.
+
     python tools/benchmark.py train --config=configs/clm_124m.py
 """
 
@@ -22,6 +26,7 @@ def get_config():
     config.model.mlp_dim = 2048
     config.model.max_seq_len = 1024
     config.model.remat_policy = "none"
+    config.model.scan_layers = False
 
     config.train.steps = 20000
     config.train.batch_size = 32

@@ -175,8 +175,8 @@ class DryRunReport:
             lines.append(f"largest term: {self.largest_term}")
         if self.platform == "cpu":
             lines.append(
-                f"note: {self.caveat}. Another device count: start Python with "
-                "XLA_FLAGS=--xla_force_host_platform_device_count=N."
+                f"note: {self.caveat}. Another device count: --jax_num_cpu_devices=N, or start "
+                "Python with XLA_FLAGS=--xla_force_host_platform_device_count=N."
             )
         return "\n".join(lines)
 
@@ -396,8 +396,9 @@ def _devices(config: ml_collections.ConfigDict) -> list[jax.Device]:
     if needed > jax.device_count():
         raise config_lib.ConfigError(
             f"the dry run needs {needed} devices (config keys dry_run.num_devices / mesh.*) but "
-            f"JAX has {jax.device_count()}; on CPU start Python with "
-            f"XLA_FLAGS=--xla_force_host_platform_device_count={needed}."
+            f"JAX has {jax.device_count()}; on CPU pass --jax_num_cpu_devices={needed} (or start "
+            f"Python with XLA_FLAGS=--xla_force_host_platform_device_count={needed}), on one GPU "
+            f"--jax_mock_gpu_topology=1x{needed}x1 (compiles for {needed} mocked GPUs)."
         )
     return jax.devices()[:wanted]
 

@@ -163,4 +163,10 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    import jax
+
+    # Every jax option is a flag too, as in flax's examples: `--jax_log_compiles`,
+    # `--jax_num_cpu_devices=8`, `--jax_mock_gpu_topology=1x8x1` (a dry run on one GPU compiles
+    # for 8), read before any backend starts.
+    jax.config.config_with_absl()
     app.run(main, flags_parser=parse_flags)

@@ -3,6 +3,7 @@ its verdicts, on the 8 fake CPU devices of conftest."""
 
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -141,6 +142,9 @@ def test_a_mesh_without_a_fill_axis_compiles_for_its_own_device_count(tmp_path):
 
 @pytest.mark.slow
 def test_main_dry_run_prints_the_table_and_writes_json(tmp_path):
+    """The devices come from a jax flag on main's command line (as `tools/gpu_bench.sh` mocks 8
+    GPUs with `--jax_mock_gpu_topology`), not from XLA_FLAGS."""
+    env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
     result = subprocess.run(
         [
             sys.executable,
@@ -149,10 +153,12 @@ def test_main_dry_run_prints_the_table_and_writes_json(tmp_path):
             f"--config={CONFIGS / 'tiny_clm.py'}",
             f"--workdir={tmp_path / 'run'}",
             "--mode=dry_run",
+            "--jax_num_cpu_devices=8",
         ],
         capture_output=True,
         text=True,
         timeout=600,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     assert "fits: TPU v4 fits" in result.stdout and "approximates" in result.stdout

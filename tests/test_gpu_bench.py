@@ -56,4 +56,4 @@ def test_the_table_reads_a_brought_back_jsonl_and_marks_a_failed_side(tmp_path):
         text=True,
     ).stdout
     assert "| clm_124m | auto | 1,000 | 41.0% | n/a | n/a | n/a | 10.0 ms (9.5-11.0) |" in table
-    assert "| repeat | 1,000 | 41.0% | 1.000x |" in table
+    assert "| clm_124m | repeat | 1,000 | 41.0% | 1.000x |" in table

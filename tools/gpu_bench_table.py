@@ -5,8 +5,9 @@
 
 RESULTS_JSONL holds one row per run: {"model", "side": "jaxpretrain" | "torch" | "variant",
 "result": the JSON line of `benchmark.py train` or `torch_baseline.py`, plus "attention" for ours
-and "variant" for variants}. The brought-back gpu_bench.jsonl is the matmul line followed by the
-rows. A side that failed is n/a in its row rather than the end of the table.
+and "variant" for variants, each compared with its model's own row}. The brought-back
+gpu_bench.jsonl is the matmul line followed by the rows. A side that failed is n/a in its row
+rather than the end of the table.
 """
 
 from __future__ import annotations
@@ -71,23 +72,23 @@ def tables(matmul: dict, rows: list[dict]) -> str:
             f"{'n/a' if ours is None else format(ours['compile_s'], '.0f') + ' s'} |"
         )
     if variants:
-        model = variants[0]["model"]
-        default = by_model.get(model, {}).get("jaxpretrain")
         lines += [
             "",
-            f"{model} variants (one flag each; 'repeat' is the default run again):",
-            "| variant | tok/s | MFU | vs default | step (median, min-max) | mem | compile |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "Variants, one flag each, against their model's row above ('repeat' runs it again):",
+            "| model | variant | tok/s | MFU | vs default | step (median, min-max) | mem "
+            "| compile |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for row in variants:
             result = row["result"]
+            default = by_model.get(row["model"], {}).get("jaxpretrain")
             versus = "n/a"
             if default is not None:
                 versus = f"{result['tokens_per_second'] / default['tokens_per_second']:.3f}x"
             lines.append(
-                f"| {row['variant']} | {tokens(result)} | {percent(result['mfu'])} | {versus} | "
-                f"{step(result)} | {gib(result['peak_memory_gib'])} | "
-                f"{result['compile_s']:.0f} s |"
+                f"| {row['model']} | {row['variant']} | {tokens(result)} | "
+                f"{percent(result['mfu'])} | {versus} | {step(result)} | "
+                f"{gib(result['peak_memory_gib'])} | {result['compile_s']:.0f} s |"
             )
     return "\n".join(lines)
 
