@@ -2,8 +2,9 @@
 # The one prepared GPU measurement (issue 11): our train step beside a torch.compile'd PyTorch
 # model of the same shapes (tools/torch_baseline.py), at 124M, 350M and 1.3B (--no-1b leaves it
 # out), on one GPU in one call; the comparison table is printed as soon as the models are done
-# and again last. About 5.5 minutes on an H200 for the models and attention (2026-11-27); the
-# optional steps after them start only while the script has run under --budget seconds (420).
+# and again last. On an H200 (2026-11-27) 124M, 350M and attention took 3.5 minutes and the
+# 1.3B pair, timed in another call, about 2 more; the optional steps after them start only
+# while the script has run under --budget seconds (default 420).
 #
 #   tools/fetch_gpu_wheels.sh                  # here, once: wheels the GPU image lacks -> .whl/
 #   tools/gpu_bench.sh [--no-1b] [--steps=N] [--budget=S]   # there: device `run`, carry [".whl"]
