@@ -6,8 +6,8 @@ target: 40% MFU): 32 x 1024 tokens per step; for nanoGPT's 0.5M-token batch on o
 `--config.train.grad_accum_steps=16`.
 
 Layers unrolled (`scan_layers=False`): on an H200 (2026-11-27, docs/performance.md) the
-scanned stack ran 1.25x slower (86.9 vs 69.6 ms a step) and held 33.2 vs 23.7 GiB, its
-per-layer residuals copied in and out of stacked buffers; unrolled it compiles in 14 s, not 12.
+scanned step took 1.25x as long (86.9 vs 69.6 ms) and held 33.2 vs 23.7 GiB; unrolled it
+compiled in 13.6 s (the scanned program: 7.8 and 11.7 s).
 
     python tools/benchmark.py train --config=configs/clm_124m.py
 """

@@ -3,9 +3,9 @@ speed target.
 
 Vocabulary 32,000, untied embeddings, 16 heads of 128, SwiGLU MLP of 5,632: 1.36B parameters.
 Sized for benchmarking one H100 (issue 11's target: 48% MFU): 8 x 2048 tokens per step,
-activations rematerialised except the matmul outputs (`dots_no_batch`), layers unrolled: on an
-H200 (2026-11-27, docs/performance.md) 52.4% MFU unrolled, 51.7% scanned (286 vs 290 ms a step;
-compile 20 s vs 11 s).
+activations rematerialised except the matmul outputs (`dots_no_batch`). Layers scanned: on an
+H200 (2026-11-27, docs/performance.md) 51.7% MFU; unrolled was within the noise (286 vs 290 ms
+a step, ranges overlapping) at +1.8 GiB and 20 s of compile instead of 11.
 
     python tools/benchmark.py train --config=configs/clm_1b.py
 """
@@ -25,7 +25,6 @@ def get_config():
     config.model.max_seq_len = 2048
     config.model.tie_embeddings = False
     config.model.remat_policy = "dots_no_batch"
-    config.model.scan_layers = False
 
     config.train.steps = 50000
     config.train.batch_size = 8

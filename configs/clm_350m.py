@@ -5,7 +5,7 @@ SwiGLU MLP of 2,816 (8/3 x d rounded up to 128): 359.8M parameters. Sized for be
 H100 (issue 11's target: 45% MFU): 32 x 1024 tokens per step.
 
 Layers unrolled (`scan_layers=False`): on an H200 (2026-11-27, docs/performance.md) 46.9% MFU
-against 37.1% scanned (175 vs 222 ms a step, 43.0 vs 69.0 GiB); compile 21 s, not 9.
+against 37.1% scanned (175 vs 222 ms a step, 43.0 vs 69.0 GiB; two calls); compile 21 s, not 9.
 
     python tools/benchmark.py train --config=configs/clm_350m.py
 """

@@ -56,8 +56,8 @@ class ModelConfig:
     at once (0: whole rows); it changes memory and speed, not the loss. `scan_layers` runs the
     layers as one `jax.lax.scan` (one compiled layer, compile time independent of depth);
     False unrolls them (see `transformer.apply_block_stack`); the values are the same. On one
-    H200 unrolled 124M and 350M steps ran 1.25x faster (docs/performance.md), so the
-    single-GPU speed configs unroll; scanned compiles in about half the time.
+    H200 the scanned 124M and 350M steps took 1.25x as long as unrolled ones
+    (docs/performance.md), so those speed configs unroll; unrolled compiled in 1.2-2.5x the time.
 
     The `pipeline_*` fields say how the layer stack runs, not what it computes: with
     `pipeline_stages` > 1 the layers are split into that many stages (the `stage` logical axis)
